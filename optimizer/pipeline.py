@@ -1,0 +1,500 @@
+"""The pipeline spine: load → passes → precision → build → validate → report.
+
+A stage takes an artifact (a file), its section of the recipe and the run's data, and
+returns a new artifact plus a record for the report; the input is never modified. Stage
+results are cached by content (``optimizer.cache``), so a rerun with nothing changed does no
+work. Validation is never cached: it is the gate, and it measures this machine, now.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from optimizer.cache import StageCache, cache_key, restore, tool_versions
+from optimizer.errors import ConfigError, InputError, TrtforgeError
+from optimizer.gates import check_syntax, evaluate_gates
+from optimizer.inspect import count_nodes
+from optimizer.model import content_hash, input_specs, load_model, metadata, save_model
+from optimizer.progress import Progress
+from optimizer.recipe import Recipe
+from optimizer.report import Report, StageRecord, environment
+
+
+@dataclass
+class RunData:
+    """The data a run works on, validated against the model once, before any stage."""
+
+    calib: Any | None = None  # a DataSource
+    calib_fingerprint: dict | None = None
+    val: Any | None = None
+    val_fingerprint: dict | None = None
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    out_dir: Path
+    stem: str
+    data: RunData
+    cache: StageCache
+    progress: Progress
+    warnings: list[str] = field(default_factory=list)
+
+
+class Limited:
+    """At most ``limit`` samples of a data source (keeps its labels aligned)."""
+
+    def __init__(self, source, limit: int | None) -> None:
+        self.source = source
+        self.limit = limit
+        labels = getattr(source, "labels", None)
+        self.labels = labels[:limit] if labels is not None and limit else labels
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.source), self.limit)
+
+    def __len__(self) -> int:
+        n = len(self.source)
+        return min(n, self.limit) if self.limit else n
+
+
+# ---------------------------------------------------------------- stages
+
+
+class Stage:
+    """One step of the pipeline. Subclasses set ``name`` and implement ``enabled``/``config``/``run``."""
+
+    name = "stage"
+    produces_model = True  # False: the artifact (an engine) does not feed later stages
+
+    def enabled(self, ctx: RunContext) -> str | None:
+        """None when the stage should run, else the reason it is skipped."""
+        return None
+
+    def config(self, ctx: RunContext) -> dict[str, Any]:
+        """Everything besides the input artifact that determines the result (the cache key)."""
+        return {}
+
+    def run(self, ctx: RunContext, model_path: Path) -> tuple[list[Path], StageRecord]:
+        """Return the files written (artifact first) and the record."""
+        raise NotImplementedError
+
+
+class PassesStage(Stage):
+    name = "passes"
+
+    def enabled(self, ctx):
+        return None if ctx.recipe.passes.enabled else "disabled in the recipe"
+
+    def config(self, ctx):
+        cfg = dataclasses.asdict(ctx.recipe.passes)
+        cfg["verify_data"] = ctx.data.calib_fingerprint["sha256"] if (cfg["verify"] and ctx.data.calib_fingerprint) else None
+        return cfg
+
+    def run(self, ctx, model_path):
+        from graph_passes import DEFAULT_PASSES, Verifier, run_passes
+
+        cfg = ctx.recipe.passes
+        model = load_model(model_path)
+        before = count_nodes(model.graph)
+        verifier = None
+        if cfg.verify:
+            feeds = list(Limited(ctx.data.calib, 4)) if ctx.data.calib is not None else None
+            verifier = Verifier(model, feeds=feeds, shapes=_opt_shapes(ctx.recipe))
+        records = run_passes(model, cfg.names, skip=cfg.skip, verifier=verifier)
+        out = ctx.out_dir / f"{ctx.stem}.opt.onnx"
+        save_model(model, out)
+        after = count_nodes(model.graph)
+        fired = [r.name for r in records if r.modified]
+        record = StageRecord(
+            name=self.name,
+            status="ran",
+            artifact=str(out),
+            summary={"nodes": f"{before} → {after}", "passes fired": len(fired), "verified": bool(verifier)},
+            details={
+                "nodes_before": before,
+                "nodes_after": after,
+                "passes": [dataclasses.asdict(r) for r in records],
+                "order": cfg.names or DEFAULT_PASSES,
+            },
+        )
+        return [out], record
+
+
+class PrecisionStage(Stage):
+    name = "precision"
+
+    def enabled(self, ctx):
+        cfg = ctx.recipe.precision
+        if cfg.mode == "none":
+            return "precision mode is 'none'"
+        if ctx.data.calib is None:
+            return None  # run() raises: INT8 without data is a config error, not a silent skip
+        return None
+
+    def config(self, ctx):
+        cfg = dataclasses.asdict(ctx.recipe.precision)
+        cfg.pop("calib")  # the data's content counts, not where it lies
+        cfg["data"] = ctx.data.calib_fingerprint["sha256"] if ctx.data.calib_fingerprint else None
+        return cfg
+
+    def run(self, ctx, model_path):
+        from calibration import quantize
+
+        cfg = ctx.recipe.precision
+        if ctx.data.calib is None:
+            raise ConfigError(
+                "INT8 needs calibration data: pass --calib DIR (a folder of .npz samples) or set precision.calib in the recipe "
+                "(or precision.synthetic: true to calibrate on random data, knowingly)"
+            )
+        out = ctx.out_dir / f"{ctx.stem}.int8.onnx"
+        with ctx.progress.task("calibrating", len(ctx.data.calib)) as update:
+            result = quantize(
+                model_path,
+                out,
+                ctx.data.calib,
+                target=cfg.target,
+                method=cfg.method,
+                exclude=cfg.exclude,
+                progress=update,
+            )
+        details = dataclasses.asdict(result)
+        warnings = []
+        if details.get("fingerprint", {}).get("synthetic"):
+            warnings.append("calibrated on SYNTHETIC random data: accuracy numbers do not reflect real inputs")
+        if result.skipped:
+            warnings.append(f"{len(result.skipped)} Conv/Gemm/MatMul node(s) left in FP32 (see details.skipped)")
+        record = StageRecord(
+            name=self.name,
+            status="ran",
+            artifact=str(out),
+            summary={
+                "target": cfg.target,
+                "method": cfg.method,
+                "quantized nodes": len(result.quantized_nodes),
+                "INT8 weight share": round(result.quantized_weight_share, 4),
+                "samples": result.fingerprint.count,
+            },
+            details=details,
+            warnings=warnings,
+        )
+        return [out], record
+
+
+class BuildStage(Stage):
+    name = "build"
+    produces_model = False
+
+    def enabled(self, ctx):
+        cfg = ctx.recipe.build
+        if cfg.enabled == "no":
+            return "disabled in the recipe"
+        from optimizer.engine import available_builders
+
+        builders = available_builders()
+        if cfg.builder is not None and cfg.builder not in builders:
+            if cfg.enabled == "yes" or cfg.builder is not None:
+                raise ConfigError(f"build.builder is '{cfg.builder}' but it is not installed (installed: {builders or 'none'})")
+        if not builders:
+            if cfg.enabled == "yes":
+                raise ConfigError("build.enabled is 'yes' but no TensorRT module is installed: pip install 'trtforge[rtx]'")
+            return "no TensorRT module installed (pip install 'trtforge[rtx]' builds engines without a GPU)"
+        return None
+
+    def config(self, ctx):
+        from optimizer.engine import available_builders, load_tensorrt
+
+        cfg = dataclasses.asdict(ctx.recipe.build)
+        trt, flavour = load_tensorrt(ctx.recipe.build.builder or available_builders()[0])
+        cfg["builder_resolved"] = f"{flavour} {trt.__version__}"
+        return cfg
+
+    def run(self, ctx, model_path):
+        from optimizer.engine import BuildConfig, build_engine, parse_shapes
+
+        cfg = ctx.recipe.build
+        profiles = [parse_shapes(cfg.shapes)] if cfg.shapes else []
+        timing_cache = ctx.cache.root.parent / "timing"
+        timing_cache.mkdir(parents=True, exist_ok=True)
+        engine_path = ctx.out_dir / f"{ctx.stem}.engine"
+        build_cfg = BuildConfig(
+            profiles=profiles,
+            workspace_mib=cfg.workspace_mib,
+            optimization_level=cfg.optimization_level,
+            expect=cfg.expect,
+            timing_cache=timing_cache / f"{cfg.builder or 'auto'}.cache",
+        )
+        ctx.progress.info(f"building the engine from {model_path.name} ...")
+        result = build_engine(model_path, engine_path, build_cfg, builder=cfg.builder)
+        precision = result.precision
+        summary = {
+            "builder": f"{result.builder} {result.version}",
+            "engine MB": round(result.engine_bytes / 1e6, 2),
+            "carries": ", ".join(precision.carries),
+            "Q/DQ layers": precision.quantize_layers + precision.dequantize_layers,
+        }
+        files = [Path(result.engine_path)]
+        sidecar = Path(str(result.engine_path) + ".json")
+        if sidecar.exists():
+            files.append(sidecar)
+        record = StageRecord(name=self.name, status="ran", artifact=str(result.engine_path), summary=summary, details=dataclasses.asdict(result))
+        return files, record
+
+
+STAGES: list[Stage] = [PassesStage(), PrecisionStage(), BuildStage()]
+
+
+def _opt_shapes(recipe: Recipe) -> dict[str, tuple[int, ...]] | None:
+    """The 'opt' shape of each input from the build profile: the shapes traffic is expected to have."""
+    if not recipe.build.shapes:
+        return None
+    from optimizer.engine import parse_shapes
+
+    profile = parse_shapes(recipe.build.shapes)
+    return {name: tuple(dims[1]) for name, dims in profile.shapes.items()}
+
+
+# ---------------------------------------------------------------- data
+
+
+def _open_data(folder: Path | None, specs, limit: int | None, what: str):
+    if folder is None:
+        return None, None
+    from calibration import NpzFolderSource, validate_source
+
+    source = Limited(NpzFolderSource(folder), limit)
+    fingerprint = validate_source(source, specs)
+    return source, dataclasses.asdict(fingerprint)
+
+
+def _synthetic(specs, recipe: Recipe):
+    from calibration import synthetic_source, validate_source
+
+    source = synthetic_source(specs, count=recipe.precision.max_samples or 16, shapes=_opt_shapes(recipe), seed=0)
+    return source, dataclasses.asdict(validate_source(source, specs))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[StageRecord, dict | None]:
+    from optimizer.runners import OrtRunner
+    from optimizer.validate import MetricContext, compare, load_metric, measure_latency
+
+    cfg = ctx.recipe.validate
+    if ctx.data.val is None:
+        return StageRecord(name="validate", status="skipped", reason="no validation data (--val DIR or validate.data)"), None
+    start = time.perf_counter()
+    metric = load_metric(cfg.metric, ctx.recipe.base_dir) if cfg.metric else None
+    ref_model = load_model(reference)
+    threads = cfg.latency.threads
+    ref = OrtRunner(reference, threads=threads)
+    cand = OrtRunner(candidate, threads=threads)
+    with ctx.progress.task("validating", len(ctx.data.val)) as update:
+        result = compare(
+            ref,
+            cand,
+            ctx.data.val,
+            labels=ctx.data.val.labels,
+            metric=metric,
+            context=MetricContext(metadata=metadata(ref_model)),
+            progress=update,
+        )
+    result["data"] = ctx.data.val_fingerprint
+    if cfg.latency.enabled:
+        feeds = list(Limited(ctx.data.val, cfg.latency.samples))
+        with ctx.progress.task("timing (interleaved)", cfg.latency.iterations) as update:
+            times = measure_latency(
+                {"reference": ref, "candidate": cand},
+                feeds,
+                warmup=cfg.latency.warmup,
+                iterations=cfg.latency.iterations,
+                progress=update,
+            )
+        lat = {
+            "runtime": "onnxruntime-cpu",
+            "threads": threads,
+            "iterations": cfg.latency.iterations,
+            "reference": times["reference"],
+            "candidate": times["candidate"],
+            "p50_speedup": times["reference"]["p50_ms"] / times["candidate"]["p50_ms"],
+        }
+        if ctx.recipe.precision.mode == "int8" and ctx.recipe.precision.target == "tensorrt":
+            lat["note"] = (
+                "tensorrt target: symmetric S8S8 Q/DQ is TensorRT's form and runs slower than FP32 on ONNX Runtime's x86 "
+                "kernels; CPU latency here is informational. CPU speed is measured on the onnxruntime-cpu target; "
+                "the TensorRT speed proxy is the INT8 weight share and the engine build."
+            )
+        result["latency"] = lat
+    summary = {"samples": result["samples"]}
+    if task := result.get("task"):
+        summary[f"{task['name']} ref → cand"] = f"{task['reference']:.3g} → {task['candidate']:.3g}{task.get('unit', '')}"
+    if lat := result.get("latency"):
+        summary["p50 speed-up"] = f"{lat['p50_speedup']:.2f}x"
+    record = StageRecord(name="validate", status="ran", seconds=time.perf_counter() - start, summary=summary)
+    return record, result
+
+
+# ---------------------------------------------------------------- the run
+
+
+def optimize(
+    model_path: str | Path,
+    out_dir: str | Path,
+    recipe: Recipe,
+    *,
+    calib: str | Path | None = None,
+    val: str | Path | None = None,
+    gates: list[str] = (),
+    use_cache: bool = True,
+    progress: Progress | None = None,
+    command: str | None = None,
+) -> Report:
+    """Run the whole pipeline; write every artifact and ``report.json``/``report.md`` to ``out_dir``.
+
+    Raises TrtforgeError subclasses for bad input or config before any artifact is written.
+    Gates are evaluated into the report (``report.passed``); the caller decides the exit code.
+    """
+    progress = progress or Progress("quiet")
+    model_path = Path(model_path)
+    out_dir = Path(out_dir)
+    all_gates = list(recipe.validate.gates) + list(gates)
+    check_syntax(all_gates)
+
+    model = load_model(model_path)
+    specs = input_specs(model)
+    model_info = {
+        "path": str(model_path),
+        "sha256": content_hash(model_path),
+        "nodes": count_nodes(model.graph),
+        "opset": model.opset_imports.get("", None),
+        "inputs": [s.to_dict() for s in specs],
+    }
+    del model
+
+    # Data first: a wrong input name or a NaN must stop the run before any work.
+    data = RunData()
+    calib_dir = Path(calib) if calib else recipe.resolve(recipe.precision.calib)
+    val_dir = Path(val) if val else recipe.resolve(recipe.validate.data)
+    if recipe.precision.synthetic and calib_dir is None:
+        data.calib, data.calib_fingerprint = _synthetic(specs, recipe)
+    else:
+        data.calib, data.calib_fingerprint = _open_data(calib_dir, specs, recipe.precision.max_samples, "calibration")
+    data.val, data.val_fingerprint = _open_data(val_dir, specs, recipe.validate.max_samples, "validation")
+    if recipe.validate.metric and data.val is not None and data.val.labels is None:
+        raise InputError(f"{val_dir}: the task metric needs labels, but the folder has no labels.json")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(
+        recipe=recipe,
+        out_dir=out_dir,
+        stem=model_path.stem,
+        data=data,
+        cache=StageCache(enabled=use_cache),
+        progress=progress,
+    )
+    report = Report(
+        command=command or " ".join(shlex.quote(a) for a in sys.argv),
+        model=model_info,
+        recipe=recipe.to_dict(),
+        environment=environment(),
+    )
+    versions = tool_versions(("tensorrt", "tensorrt-rtx"))
+    current = model_path
+    current_hash = model_info["sha256"]
+    for stage in STAGES:
+        reason = stage.enabled(ctx)
+        if reason is not None:
+            report.stages.append(StageRecord(name=stage.name, status="skipped", reason=reason))
+            progress.info(f"{stage.name}: skipped ({reason})")
+            continue
+        key = cache_key(stage.name, {"input": current_hash, "config": stage.config(ctx), "versions": versions})
+        start = time.perf_counter()
+        hit = ctx.cache.get(stage.name, key)
+        if hit is not None:
+            entry, stored = hit
+            files = restore(entry, stored["_files"], out_dir)
+            record = StageRecord(**{k: v for k, v in stored.items() if not k.startswith("_")})
+            record.status = "cached"
+            record.artifact = str(files[0])
+            record.seconds = time.perf_counter() - start
+            progress.info(f"{stage.name}: cached ({record.seconds:.2f}s)")
+        else:
+            progress.info(f"{stage.name}: running")
+            files, record = stage.run(ctx, current)
+            record.seconds = time.perf_counter() - start
+            ctx.cache.put(stage.name, key, files, dataclasses.asdict(record))
+            progress.info(f"{stage.name}: done in {record.seconds:.1f}s")
+        report.stages.append(record)
+        report.artifacts[stage.name] = record.artifact
+        if stage.produces_model:
+            current = Path(record.artifact)
+            current_hash = content_hash(current)
+
+    if current != model_path:
+        record, validation = validate_stage(ctx, model_path, current)
+        report.stages.append(record)
+        report.validation = validation
+    else:
+        report.stages.append(StageRecord(name="validate", status="skipped", reason="no stage changed the model"))
+    report.gates = evaluate_gates(all_gates, report.validation)
+    report.warnings.extend(ctx.warnings)
+    if data.calib_fingerprint and data.calib_fingerprint.get("synthetic"):
+        report.warnings.append("calibration used synthetic random data (--synthetic)")
+    report.artifacts["report"] = str(out_dir / "report.json")
+    report.artifacts["summary"] = str(out_dir / "report.md")
+    report.save(out_dir / "report.json")
+    from optimizer.model import write_text_atomic
+    from optimizer.report import to_markdown
+
+    write_text_atomic(out_dir / "report.md", to_markdown(report))
+    return report
+
+
+def validate_only(
+    candidate: str | Path,
+    reference: str | Path,
+    data_dir: str | Path,
+    *,
+    metric: str | None = None,
+    gates: list[str] = (),
+    threads: int = 1,
+    iterations: int = 30,
+    progress: Progress | None = None,
+) -> Report:
+    """``trtforge validate``: the validation stage alone, on two existing models."""
+    check_syntax(list(gates))
+    candidate, reference = Path(candidate), Path(reference)
+    ref_model = load_model(reference)
+    load_model(candidate)  # fail early and clearly on a bad candidate file
+    specs = input_specs(ref_model)
+    recipe = Recipe()
+    recipe.base_dir = Path.cwd()
+    recipe.precision.mode = "none"
+    recipe.validate.metric = metric
+    recipe.validate.latency.threads = threads
+    recipe.validate.latency.iterations = iterations
+    recipe.validate.latency.enabled = iterations > 0
+    data = RunData()
+    data.val, data.val_fingerprint = _open_data(Path(data_dir), specs, None, "validation")
+    if metric and data.val.labels is None:
+        raise InputError(f"{data_dir}: the task metric needs labels, but the folder has no labels.json")
+    ctx = RunContext(recipe, Path("."), reference.stem, data, StageCache(enabled=False), progress or Progress("quiet"))
+    record, validation = validate_stage(ctx, reference, candidate)
+    report = Report(
+        command=" ".join(shlex.quote(a) for a in sys.argv),
+        model={"path": str(reference), "sha256": content_hash(reference), "nodes": count_nodes(ref_model.graph)},
+        stages=[record],
+        validation=validation,
+        environment=environment(),
+    )
+    report.artifacts["candidate"] = str(candidate)
+    report.gates = evaluate_gates(list(gates), validation)
+    return report

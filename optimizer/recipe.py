@@ -1,0 +1,204 @@
+"""The recipe: what ``trtforge optimize`` does, as a typed, validated YAML document.
+
+Every section is a dataclass; the loader walks the YAML against the dataclass fields and
+rejects unknown keys with the key's path, the valid keys and a likely intended one, so a
+typo never silently falls back to a default. Relative paths in a recipe file are relative
+to that file; paths given on the command line are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from optimizer.errors import ConfigError
+
+RECIPE_VERSION = 1
+
+
+@dataclass
+class PassesConfig:
+    enabled: bool = True
+    names: list[str] | None = None  # None: graph_passes.DEFAULT_PASSES
+    skip: list[str] = field(default_factory=list)
+    verify: bool = True  # check outputs against the original after every pass
+
+
+@dataclass
+class PrecisionConfig:
+    mode: str = "int8"  # "none" | "int8"
+    target: str = "tensorrt"  # "tensorrt" | "onnxruntime-cpu"
+    method: str = "max"
+    calib: str | None = None  # folder of .npz/.npy samples
+    max_samples: int | None = None
+    synthetic: bool = False  # random calibration data, only when asked for by name
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildConfigSection:
+    enabled: str = "auto"  # "auto": when a TensorRT module is installed; "yes": required; "no": skip
+    builder: str | None = None  # "tensorrt" | "tensorrt-rtx"; None: whichever is installed
+    shapes: list[str] = field(default_factory=list)  # "input:min,opt,max" with dims joined by x
+    workspace_mib: int | None = None
+    optimization_level: int | None = None
+    expect: str | None = None  # "int8" | "fp16" | "fp32": fail when the network does not carry it
+
+
+@dataclass
+class LatencyConfig:
+    enabled: bool = True
+    threads: int = 1
+    warmup: int = 3
+    iterations: int = 30
+    samples: int = 4  # distinct inputs cycled through while timing
+
+
+@dataclass
+class ValidateConfig:
+    data: str | None = None
+    max_samples: int | None = None
+    metric: str | None = None  # "path/to/file.py:function" (executes that file: the recipe's explicit choice)
+    gates: list[str] = field(default_factory=list)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+
+@dataclass
+class Recipe:
+    version: int = RECIPE_VERSION
+    name: str | None = None
+    passes: PassesConfig = field(default_factory=PassesConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    build: BuildConfigSection = field(default_factory=BuildConfigSection)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def resolve(self, value: str | None) -> Path | None:
+        """A recipe path, relative to the recipe file's folder."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("base_dir")
+        return data
+
+
+_CHOICES = {
+    "precision.mode": ("none", "int8"),
+    "precision.target": ("tensorrt", "onnxruntime-cpu"),
+    "precision.method": ("max",),
+    "build.enabled": ("auto", "yes", "no"),
+    "build.builder": (None, "tensorrt", "tensorrt-rtx"),
+    "build.expect": (None, "int8", "fp16", "fp32"),
+}
+
+
+def _public_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    hints_origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)
+    if hints_origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"recipe: '{where}' has the wrong type ({type(value).__name__}: {value!r})")
+    if hints_origin is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"recipe: '{where}' must be a list, found {type(value).__name__}")
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"recipe: '{where}' must be true or false, found {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"recipe: '{where}' must be an integer, found {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"recipe: '{where}' must be a number, found {value!r}")
+    if annotation is str:
+        if isinstance(value, bool):  # YAML turns yes/no into booleans
+            return "yes" if value else "no"
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        raise ConfigError(f"recipe: '{where}' must be a string, found {type(value).__name__}")
+    return value
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe: '{where or 'top level'}' must be a mapping, found {type(data).__name__}")
+    fields = _public_fields(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            guess = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            raise ConfigError(f"recipe: unknown key '{path}'{hint}; valid keys here: {', '.join(fields)}")
+        converted = _convert(value, hints[key], path)
+        if path in _CHOICES and converted not in _CHOICES[path]:
+            choices = ", ".join(str(c) for c in _CHOICES[path] if c is not None)
+            raise ConfigError(f"recipe: '{path}' is {converted!r}; choose one of: {choices}")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: Any, base_dir: Path = Path(".")) -> Recipe:
+    recipe = _build(Recipe, data, "")
+    if recipe.version != RECIPE_VERSION:
+        raise ConfigError(f"recipe: version {recipe.version} is not supported; this trtforge reads version {RECIPE_VERSION}")
+    recipe.base_dir = base_dir
+    return recipe
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    """Read and validate a recipe file; ``None`` gives the defaults."""
+    if path is None:
+        return Recipe()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    try:
+        return recipe_from_dict(data, base_dir=path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,248 @@
+"""The report: plain dataclasses, versioned JSON, and Markdown / terminal renderers.
+
+A report is data first. Renderers only read it, so ``trtforge report`` can re-render any
+saved JSON, and two reports can be compared field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from optimizer.errors import InputError
+from optimizer.model import write_text_atomic
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # "ran" | "cached" | "skipped" | "failed"
+    seconds: float = 0.0
+    artifact: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)  # the key numbers, shown in every rendering
+    details: dict[str, Any] = field(default_factory=dict)  # everything else, JSON only
+    warnings: list[str] = field(default_factory=list)
+    reason: str | None = None  # why it was skipped or failed
+
+
+@dataclass
+class GateResult:
+    expression: str
+    metric: str
+    value: float | None
+    passed: bool
+    message: str
+
+
+@dataclass
+class Report:
+    command: str
+    model: dict[str, Any]
+    recipe: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageRecord] = field(default_factory=list)
+    validation: dict[str, Any] | None = None
+    gates: list[GateResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    tool: str = "trtforge"
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def stage(self, name: str) -> StageRecord | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["passed"] = self.passed
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def environment() -> dict[str, Any]:
+    from optimizer.cache import tool_versions
+
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": tool_versions(("polygraphy", "tensorrt", "tensorrt-rtx")),
+    }
+
+
+def load_report(path: str | Path) -> Report:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: report not found") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a trtforge JSON report ({exc})") from None
+    if not isinstance(data, dict) or data.get("tool") != "trtforge":
+        raise InputError(f"{path}: not a trtforge report (no 'tool: trtforge' field)")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(
+            f"{path}: report schema version {data.get('schema_version')} is not supported (this trtforge reads {SCHEMA_VERSION})"
+        )
+    data.pop("passed", None)
+    data["stages"] = [StageRecord(**s) for s in data.get("stages", [])]
+    data["gates"] = [GateResult(**g) for g in data.get("gates", [])]
+    return Report(**data)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {_fmt(v)}" for k, v in summary.items())
+
+
+def accuracy_rows(validation: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for out in validation.get("outputs", []):
+        rows.append(
+            [
+                out["name"],
+                _fmt(out["max_abs"]),
+                _fmt(out["mean_abs"]),
+                _fmt(out["max_rel"]),
+                _fmt(out["cosine_min"]),
+                _fmt(out["snr_db"]),
+            ]
+        )
+    return rows
+
+
+def to_markdown(report: Report) -> str:
+    status = "PASSED" if report.passed else "FAILED"
+    lines = [
+        f"# trtforge report: {Path(report.model.get('path', '?')).name} ({status})",
+        "",
+        f"- created: {report.created}",
+        f"- command: `{report.command}`",
+        f"- model sha256: `{report.model.get('sha256', '?')[:16]}…`, {report.model.get('nodes', '?')} nodes, "
+        f"opset {report.model.get('opset', '?')}",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | time (s) | key numbers |",
+        "|---|---|---:|---|",
+    ]
+    for s in report.stages:
+        what = _summary_text(s.summary) or (s.reason or "")
+        lines.append(f"| {s.name} | {s.status} | {s.seconds:.2f} | {what} |")
+    val = report.validation
+    if val:
+        lines += ["", "## Accuracy (candidate vs FP32 reference, ONNX Runtime CPU)", ""]
+        lines.append(f"{val.get('samples', '?')} samples from `{val.get('data', '?')}`.")
+        lines += ["", "| output | max abs | mean abs | max rel | min cosine | SNR (dB) |", "|---|---:|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(r) + " |" for r in accuracy_rows(val)]
+        task = val.get("task")
+        if task:
+            lines += [
+                "",
+                f"Task metric **{task['name']}** ({'higher' if task['higher_is_better'] else 'lower'} is better): "
+                f"reference {_fmt(task['reference'])}{task.get('unit', '')}, candidate {_fmt(task['candidate'])}{task.get('unit', '')} "
+                f"(change {task['change']:+.4g}{task.get('unit', '')}).",
+            ]
+        lat = val.get("latency")
+        if lat:
+            lines += [
+                "",
+                f"## Latency (ONNX Runtime CPU, {lat['threads']} thread(s), {lat['iterations']} interleaved iterations)",
+                "",
+                "| model | p50 (ms) | p90 (ms) | mean (ms) |",
+                "|---|---:|---:|---:|",
+            ]
+            for name in ("reference", "candidate"):
+                r = lat[name]
+                lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['mean_ms']:.2f} |")
+            lines += ["", f"p50 speed-up (reference / candidate): **{lat['p50_speedup']:.2f}x**"]
+            if lat.get("note"):
+                lines += ["", f"_{lat['note']}_"]
+    if report.gates:
+        lines += ["", "## Gates", "", "| gate | value | result |", "|---|---:|---|"]
+        for g in report.gates:
+            lines.append(f"| `{g.expression}` | {_fmt(g.value) if g.value is not None else 'n/a'} | {'pass' if g.passed else 'FAIL: ' + g.message} |")
+    warnings = report.warnings + [f"{s.name}: {w}" for s in report.stages for w in s.warnings]
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+    if report.artifacts:
+        lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in report.artifacts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(report: Report, console) -> None:
+    """The terminal summary: stages, accuracy, latency, gates, what was written."""
+    from rich.table import Table
+
+    table = Table(title="pipeline", show_edge=False, title_justify="left")
+    for col in ("stage", "status", "s", "key numbers"):
+        table.add_column(col, overflow="fold")
+    for s in report.stages:
+        style = {"failed": "red", "skipped": "yellow", "cached": "cyan"}.get(s.status, "")
+        table.add_row(s.name, f"[{style}]{s.status}[/]" if style else s.status, f"{s.seconds:.1f}", _summary_text(s.summary) or (s.reason or ""))
+    console.print(table)
+    val = report.validation
+    if val:
+        acc = Table(title=f"accuracy vs FP32 ({val.get('samples')} samples)", show_edge=False, title_justify="left")
+        for col in ("output", "max abs", "mean abs", "max rel", "min cos", "SNR dB"):
+            acc.add_column(col)
+        for row in accuracy_rows(val):
+            acc.add_row(*row)
+        console.print(acc)
+        if task := val.get("task"):
+            console.print(
+                f"{task['name']}: reference {_fmt(task['reference'])}{task.get('unit', '')} → candidate "
+                f"{_fmt(task['candidate'])}{task.get('unit', '')} ({task['change']:+.3g})"
+            )
+        if lat := val.get("latency"):
+            console.print(
+                f"latency p50 ({lat['threads']} thread): reference {lat['reference']['p50_ms']:.2f} ms, "
+                f"candidate {lat['candidate']['p50_ms']:.2f} ms → {lat['p50_speedup']:.2f}x"
+            )
+            if lat.get("note"):
+                console.print(f"[dim]{lat['note']}[/]")
+    for g in report.gates:
+        mark = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
+        console.print(f"gate {g.expression}: {mark} ({g.message})")
+    warnings = report.warnings + [f"{s.name}: {w}" for s in report.stages for w in s.warnings]
+    for w in warnings:
+        console.print(f"[yellow]warning[/]: {w}")
+    for k, v in report.artifacts.items():
+        console.print(f"wrote {k}: {v}")
