@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@mkdir -p $(XDG_CACHE_HOME) $(TMPDIR)
 	$(BIN)/python -m samples.ppocr_rec.prepare --out $(DEMO)
-	$(BIN)/trtforge optimize $(DEMO)/ppocr_rec.onnx -o $(DEMO)/out --recipe samples/ppocr_rec/recipe.yaml
+	$(BIN)/trtforge optimize $(DEMO)/ppocr_rec.onnx -o $(DEMO)/out --recipe samples/ppocr_rec/recipe.yaml \
+	    --calib $(DEMO)/data/calib --val $(DEMO)/data/val
 
 test: $(STAMP)
 	@mkdir -p $(XDG_CACHE_HOME) $(TMPDIR)

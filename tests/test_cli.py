@@ -1,0 +1,174 @@
+"""The command line: exit codes, one-line errors without tracebacks, nothing written on bad input,
+and a CLI that works without the heavy optional modules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper, numpy_helper
+
+from optimizer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_model(path: Path, external: str | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 16, 16])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if external is None:
+        onnx.save_model(model, str(path))
+    else:
+        onnx.save_model(model, str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
+        m = onnx.load(str(path), load_external_data=False)
+        for entry in m.graph.initializer[0].external_data:
+            if entry.key == "location":
+                entry.value = external
+        onnx.save_model(m, str(path))
+    return path
+
+
+def _run(args: list[str], **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Each case: the model path and extra args."""
+    good = _tiny_model(tmp / "good.onnx")
+    truncated = tmp / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[:200])
+    text = tmp / "notes.onnx"
+    text.write_text("this is a text file, not a model\n")
+    escape_dir = tmp / "escape"
+    escape_dir.mkdir()
+    (tmp / "w.bin").write_bytes(np.zeros(8 * 4 * 9, np.float32).tobytes())
+    escape = _tiny_model(escape_dir / "m.onnx", external="../w.bin")
+    recipe = tmp / "typo.yaml"
+    recipe.write_text("precision:\n  mode: int8\n  calibration_method: max\n")
+    return {
+        "truncated": (truncated, []),
+        "not-onnx": (text, []),
+        "escaping-external-data": (escape, []),
+        "recipe-unknown-key": (good, ["--recipe", str(recipe)]),
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated", "not-onnx", "escaping-external-data", "recipe-unknown-key"])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case):
+    model, extra = _bad_inputs(tmp_path)[case]
+    before = _digest(tmp_path)
+    out = tmp_path / "out"
+    proc = _run(["optimize", str(model), "-o", str(out), "--precision", "none", *extra])
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("trtforge: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    expected = {
+        "truncated": "not a readable ONNX model",
+        "not-onnx": "not",
+        "escaping-external-data": "outside the model's folder",
+        "recipe-unknown-key": "unknown key 'precision.calibration_method'",
+    }[case]
+    assert expected in lines[0]
+    assert not out.exists()
+    assert _digest(tmp_path) == before
+
+
+def test_inspect_errors_are_one_line_too(tmp_path):
+    model, _ = _bad_inputs(tmp_path)["truncated"]
+    result = CliRunner().invoke(main, ["inspect", str(model)])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("trtforge: error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_inspect_json_on_real_model(ppocr_rec_path):
+    result = CliRunner().invoke(main, ["inspect", str(ppocr_rec_path), "--json", "--no-parse-check"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["opsets"]["ai.onnx"] == 12
+    assert data["inputs"][0]["name"] == "x" and data["inputs"][0]["shape"][1] == 3
+    assert data["op_histogram"]["Conv"] > 10
+    assert data["parameters"] > 1_000_000 and data["initializer_dtypes"]["float"] > 0
+
+
+@pytest.mark.rtx
+def test_inspect_parse_check_through_rtx(ppocr_rec_path):
+    result = CliRunner().invoke(main, ["inspect", str(ppocr_rec_path), "--json"])
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.output)["parse_check"]
+    assert check["builder"] == "tensorrt-rtx" and check["ok"] and check["num_layers"] > 0
+
+
+# Simulates a machine without TensorRT in this very environment: a None entry in sys.modules
+# makes both `import` and importlib.util.find_spec report the module as absent.
+_WITHOUT_TRT = (
+    "import sys\n"
+    "sys.modules['tensorrt_rtx'] = None\n"
+    "sys.modules['tensorrt'] = None\n"
+    "from optimizer.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def test_help_and_inspect_work_without_tensorrt(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx")
+    help_ = subprocess.run([sys.executable, "-c", _WITHOUT_TRT, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert help_.returncode == 0 and "optimize" in help_.stdout
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_TRT, "inspect", str(model)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "parse check skipped" in proc.stdout and "Conv 1" in proc.stdout
+
+
+def test_help_does_not_import_heavy_modules():
+    code = (
+        "import sys\n"
+        "from optimizer.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = {'tensorrt', 'tensorrt_rtx', 'onnxruntime', 'matplotlib', 'polygraphy'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_has_an_example_in_help():
+    runner = CliRunner()
+    for command in ("inspect", "optimize", "passes", "quantize", "build", "validate", "report"):
+        result = runner.invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_fp16_flag_points_to_the_precision_stage(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx")
+    result = CliRunner().invoke(main, ["build", str(model), "-o", str(tmp_path / "m.engine"), "--fp16"])
+    assert result.exit_code == 2
+    assert "precision" in result.output.lower()
+    assert not (tmp_path / "m.engine").exists()
