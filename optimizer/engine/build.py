@@ -1,0 +1,368 @@
+"""Building a serialized engine from an ONNX file, with its record next to it.
+
+Outputs appear complete or not at all: the engine, its ``<engine>.json`` sidecar and the
+timing cache are each written to a temporary file in the destination folder and renamed
+into place, so a failed or interrupted build leaves any previous files untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from optimizer.engine.loader import (
+    display_name,
+    get_logger,
+    has_precision_flags,
+    is_strongly_typed,
+    load_tensorrt,
+    one_line,
+    version_of,
+)
+from optimizer.engine.parse import check_model_file, is_unreadable, parse_network
+from optimizer.engine.precision import LayerPrecisionSummary, dtype_name, network_precision
+from optimizer.engine.shapes import ShapeProfile, network_inputs, require_profiles
+from optimizer.errors import BuildError, ConfigError, InputError
+
+SIDECAR_SCHEMA = "trtforge.engine/1"
+EXPECTABLE = ("int8", "fp16", "bf16", "fp8", "fp32")
+# TensorRT 10 weak-typing flags a user may still ask for; TensorRT 11 and RTX have none.
+PRECISION_FLAGS = ("fp16", "bf16", "int8", "fp8")
+MAX_OPTIMIZATION_LEVEL = 5
+
+
+@dataclass
+class BuildConfig:
+    profiles: list[ShapeProfile] = field(default_factory=list)  # required for dynamic inputs
+    workspace_mib: int | None = None
+    optimization_level: int | None = None  # builder_optimization_level, 0..5
+    timing_cache: str | None = None  # a path; loaded if present, saved after the build (str keeps asdict JSON-safe)
+    sparse_weights: bool = False
+    expect: str | None = None  # "int8" | "fp16" | "bf16" | "fp8" | "fp32": fail unless the network carries it
+    precision_flags: tuple[str, ...] = ()  # TensorRT 10 weak typing only; strongly typed builders refuse them
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("SM86", "SM89"); () = its default set
+
+    def __post_init__(self) -> None:
+        if self.timing_cache is not None:
+            self.timing_cache = os.fspath(self.timing_cache)
+        self.precision_flags = tuple(f.lower() for f in self.precision_flags)
+        self.compute_capabilities = tuple(c.upper() for c in self.compute_capabilities)
+        if self.workspace_mib is not None and self.workspace_mib < 1:
+            raise ConfigError(
+                f"workspace_mib must be >= 1 (MiB), got {self.workspace_mib}; leave it unset for the builder's default"
+            )
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= MAX_OPTIMIZATION_LEVEL:
+            raise ConfigError(
+                f"optimization_level must be 0..{MAX_OPTIMIZATION_LEVEL}, got {self.optimization_level} "
+                f"(3 is TensorRT's default)"
+            )
+        if self.expect is not None and self.expect not in EXPECTABLE:
+            raise ConfigError(f"expect must be one of {', '.join(EXPECTABLE)}, got {self.expect!r}")
+        unknown = [f for f in self.precision_flags if f not in PRECISION_FLAGS]
+        if unknown:
+            raise ConfigError(f"unknown precision flag(s) {', '.join(unknown)}: use {', '.join(PRECISION_FLAGS)}")
+        if not all(isinstance(p, ShapeProfile) for p in self.profiles):
+            raise ConfigError("profiles must be ShapeProfile objects; build them with parse_shapes('x:min,opt,max')")
+
+
+@dataclass
+class BuildResult:
+    engine_path: str
+    builder: str  # "tensorrt" | "tensorrt-rtx"
+    version: str
+    seconds: float  # wall time of the builder call itself (parse and writing excluded)
+    engine_bytes: int
+    precision: LayerPrecisionSummary
+    timing_cache: str | None  # where the cache was saved
+    timing_cache_hit: bool | None  # an existing cache file was loaded and accepted; None: no cache asked for
+    sidecar_path: str = ""
+    model_sha256: str = ""
+    engine_sha256: str = ""
+    strongly_typed: bool = True
+    # Entries in the cache after the build: 0 means this builder ignores timing caches
+    # (TensorRT-RTX: the API is a no-op there). None when not asked for or not queryable.
+    timing_cache_entries: int | None = None
+    notes: list[str] = field(default_factory=list)  # warnings worth showing in the summary and report
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def _write_temp(path: Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` (same file system, so rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _commit(pairs: list[tuple[Path, bytes | memoryview]]) -> None:
+    """Write every file to a temp name first, then rename them all; on any failure remove the temps."""
+    temps: list[Path] = []
+    try:
+        for path, data in pairs:
+            temps.append(_write_temp(path, data))
+        for tmp, (path, _) in zip(temps, pairs):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_hash(path: Path) -> str:
+    """The model's content hash (file plus its external data) when optimizer.model provides it."""
+    try:
+        from optimizer.model import content_hash  # lazy: pulls in onnx-ir
+    except ImportError:
+        return _sha256_file(path)
+    return content_hash(path)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def _check_precision_flags(trt: ModuleType, flavour: str, config: BuildConfig) -> None:
+    if not config.precision_flags:
+        return
+    missing = [f for f in config.precision_flags if not hasattr(trt.BuilderFlag, f.upper())]
+    if not has_precision_flags(trt) or missing:
+        raise ConfigError(
+            f"{display_name(flavour, trt)} builds strongly typed networks, so there is no "
+            f"{'/'.join(config.precision_flags)} builder flag: precision comes from the ONNX graph. "
+            f"Make an INT8 model with `trtforge quantize` or an FP16 one with the precision stage "
+            f"(`trtforge optimize --precision fp16`), then build that model without precision flags"
+        )
+
+
+def _configure(trt: ModuleType, flavour: str, builder: Any, network: Any, config: BuildConfig, model_name: str) -> Any:
+    cfg = builder.create_builder_config()
+    require_profiles(config.profiles, network, model_name)
+    dynamic = {n for n, s in network_inputs(network).items() if -1 in s}
+    for index, profile in enumerate(config.profiles):
+        prof = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile.shapes.items():
+            if name in dynamic:  # static inputs were checked to match; TensorRT needs no range for them
+                prof.set_shape(name, lo, opt, hi)
+        if cfg.add_optimization_profile(prof) < 0:
+            raise ConfigError(
+                f"TensorRT rejected shape profile {index} ({profile.spec()}) for {model_name}; check its ranges"
+            )
+    if config.workspace_mib is not None:
+        cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
+    if config.optimization_level is not None:
+        cfg.builder_optimization_level = config.optimization_level
+    if config.sparse_weights:
+        if not hasattr(trt.BuilderFlag, "SPARSE_WEIGHTS"):
+            raise ConfigError(f"{display_name(flavour, trt)} has no sparse-weights flag; drop sparse_weights")
+        cfg.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    for flag in config.precision_flags:  # only reached on a weakly typed TensorRT 10 network
+        cfg.set_flag(getattr(trt.BuilderFlag, flag.upper()))
+    if config.compute_capabilities:
+        _set_compute_capabilities(trt, flavour, cfg, config.compute_capabilities)
+    return cfg
+
+
+def _set_compute_capabilities(trt: ModuleType, flavour: str, cfg: Any, wanted: tuple[str, ...]) -> None:
+    known = getattr(trt, "ComputeCapability", None)
+    if known is None or not hasattr(cfg, "set_compute_capability"):
+        raise ConfigError(
+            f"{display_name(flavour, trt)} cannot target chosen compute capabilities (a TensorRT-RTX feature); "
+            f"drop compute_capabilities or use --builder tensorrt-rtx"
+        )
+    names = [n for n in known.__members__ if n.startswith("SM")]
+    bad = [c for c in wanted if c not in names]
+    if bad:
+        raise ConfigError(
+            f"unknown compute capability {', '.join(bad)}: {display_name(flavour, trt)} knows {', '.join(names)}"
+        )
+    cfg.num_compute_capabilities = len(wanted)
+    for i, name in enumerate(wanted):
+        cfg.set_compute_capability(getattr(known, name), i)
+
+
+def _load_timing_cache(cfg: Any, path: Path, logger: Any) -> tuple[bool, str | None]:
+    """Attach a timing cache to the config.
+
+    Returns (an existing file was loaded and accepted, why it was not when it existed).
+    """
+    blob = path.read_bytes() if path.is_file() else b""
+    # TensorRT-RTX marks these calls deprecated (they do nothing there); the warning would
+    # only repeat what timing_cache_entries == 0 and the build notes already say.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        logger.take()
+        cache = cfg.create_timing_cache(blob)
+        accepted = bool(cfg.set_timing_cache(cache, False))
+    errors, warns = logger.take()
+    if blob and (errors or warns or not accepted):
+        # TensorRT logs the reason (version mismatch, corrupt file) and goes on with an empty cache.
+        return False, one_line((errors + warns + ["rejected by the builder"])[0], 160)
+    return bool(blob), None
+
+
+def _save_timing_cache(cfg: Any) -> tuple[bytes, int | None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cache = cfg.get_timing_cache()
+        entries = len(cache.queryKeys()) if hasattr(cache, "queryKeys") else None
+        return bytes(cache.serialize()), entries
+
+
+# --- the build ----------------------------------------------------------------------------
+
+
+def _parse_failure(trt: ModuleType, flavour: str, model: Path, issues: list[Any]) -> Exception:
+    shown = "; ".join(i.describe() for i in issues[:5])
+    more = f"; and {len(issues) - 5} more" if len(issues) > 5 else ""
+    if is_unreadable(issues):
+        return InputError(f"{model} is not a readable ONNX model ({shown}); re-export or re-download it")
+    return BuildError(
+        f"{display_name(flavour, trt)} cannot parse {model}: {shown}{more}; replace these ops with standard ONNX ops "
+        f"(see `trtforge inspect`) or provide a TensorRT plugin for them"
+    )
+
+
+def _check_expect(config: BuildConfig, summary: LayerPrecisionSummary, model: Path) -> None:
+    if config.expect is None or config.expect in summary.carries:
+        return
+    runs = ", ".join(f"{n} {p}" for p, n in summary.compute_by_precision.items()) or "no compute layers"
+    fix = {
+        "int8": "insert Q/DQ with `trtforge quantize` first",
+        "fp8": "insert FP8 Q/DQ first",
+        "fp16": "convert it with the precision stage (`trtforge optimize --precision fp16`) first",
+        "bf16": "cast it to BF16 with the precision stage first",
+        "fp32": "build the FP32 model instead",
+    }[config.expect]
+    raise BuildError(
+        f"{model} does not carry {config.expect}: its compute layers run in {', '.join(summary.carries) or 'nothing'} "
+        f"({runs}; {summary.quantize_layers} Q and {summary.dequantize_layers} DQ layers); {fix}"
+    )
+
+
+def _io_record(network: Any) -> dict[str, list[dict[str, Any]]]:
+    def describe(t: Any) -> dict[str, Any]:
+        return {"name": t.name, "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
+
+    return {
+        "inputs": [describe(network.get_input(i)) for i in range(network.num_inputs)],
+        "outputs": [describe(network.get_output(i)) for i in range(network.num_outputs)],
+    }
+
+
+def build_engine(
+    model_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    config: BuildConfig | None = None,
+    builder: str | None = None,
+) -> BuildResult:
+    """Parse ``model_path``, build it and write ``engine_path`` plus ``<engine_path>.json``."""
+    config = config or BuildConfig()
+    model = check_model_file(model_path)
+    engine = Path(engine_path)
+    if engine.is_dir():
+        example = engine / (model.stem + ".engine")
+        raise ConfigError(f"engine path {engine} is a folder; give a file name like {example}")
+    trt, flavour = load_tensorrt(builder)
+    _check_precision_flags(trt, flavour, config)  # before parsing: a config mistake needs no model work
+
+    # Hash first: optimizer.model's content_hash also refuses external data that escapes the
+    # model's folder, is missing or is truncated, before TensorRT reads any of it.
+    model_sha256 = model_hash(model)
+    # Weak typing only when precision flags were asked for (and exist, checked above).
+    parsed = parse_network(trt, model, strongly_typed=not config.precision_flags)
+    if parsed.issues:
+        raise _parse_failure(trt, flavour, model, parsed.issues)
+    network = parsed.network
+    summary = network_precision(network, trt)
+    _check_expect(config, summary, model)
+
+    logger = get_logger(trt)
+    cfg = _configure(trt, flavour, parsed.builder, network, config, model.name)
+    notes: list[str] = []
+    cache_path = Path(config.timing_cache) if config.timing_cache else None
+    cache_hit, cache_problem = _load_timing_cache(cfg, cache_path, logger) if cache_path else (None, None)
+
+    logger.take()
+    start = time.perf_counter()
+    serialized = parsed.builder.build_serialized_network(network, cfg)
+    seconds = time.perf_counter() - start
+    errors, warns = logger.take()
+    if serialized is None:
+        reason = "; ".join(dict.fromkeys(one_line(e, 240) for e in errors[:2])) or "no reason logged"
+        if "workspace" in reason.lower() or "OutOfMemory" in reason:
+            hint = "raise workspace_mib (or leave it unset)"
+        else:
+            hint = "change what it names (an op, a shape range, a build option) and rebuild"
+        raise BuildError(f"{display_name(flavour, trt)} failed to build {model}: {reason}; {hint}")
+    notes.extend(dict.fromkeys(one_line(w, 240) for w in warns))  # de-duplicated, in order
+
+    entries = None
+    outputs: list[tuple[Path, bytes | memoryview]] = []
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    data = memoryview(serialized)
+    if cache_path:
+        blob, entries = _save_timing_cache(cfg)
+        if entries == 0:
+            # TensorRT-RTX: the timing cache API is a no-op, and reloading a cache file makes it
+            # look for a GPU, so without one it is always rejected. One clear note, not CUDA noise.
+            notes.append(
+                f"{display_name(flavour, trt)} does not use timing caches (it records no entries"
+                f"{' and could not reload ' + str(cache_path) if cache_problem else ''}); "
+                f"the file is kept but will not speed up builds"
+            )
+        elif cache_problem:
+            notes.append(f"timing cache {cache_path} was not usable ({cache_problem}); it has been rewritten")
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        outputs.append((cache_path, blob))
+
+    result = BuildResult(
+        engine_path=str(engine),
+        builder=flavour,
+        version=version_of(trt),
+        seconds=round(seconds, 3),
+        engine_bytes=data.nbytes,
+        precision=summary,
+        timing_cache=str(cache_path) if cache_path else None,
+        timing_cache_hit=cache_hit,
+        sidecar_path=str(engine) + ".json",
+        model_sha256=model_sha256,
+        engine_sha256=hashlib.sha256(data).hexdigest(),
+        strongly_typed=is_strongly_typed(trt, network),
+        timing_cache_entries=entries,
+        notes=notes,
+    )
+    sidecar = {
+        "schema": SIDECAR_SCHEMA,
+        "engine": engine.name,
+        "model": str(model),
+        "network": _io_record(network),
+        "config": asdict(config),
+        "profiles": [p.spec() for p in config.profiles],
+        **{k: v for k, v in asdict(result).items() if k not in {"engine_path", "sidecar_path"}},
+    }
+    # The engine goes last so that a reader who sees a new engine also sees its new record.
+    outputs += [(Path(result.sidecar_path), (json.dumps(sidecar, indent=2) + "\n").encode()), (engine, data)]
+    _commit(outputs)
+    return result
