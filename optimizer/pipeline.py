@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from optimizer.cache import StageCache, cache_key, restore, tool_versions
-from optimizer.errors import ConfigError, InputError, TrtforgeError
+from optimizer.errors import ConfigError, InputError
 from optimizer.gates import check_syntax, evaluate_gates
 from optimizer.inspect import count_nodes
 from optimizer.model import content_hash, input_specs, load_model, metadata, save_model
@@ -132,12 +132,7 @@ class PrecisionStage(Stage):
     name = "precision"
 
     def enabled(self, ctx):
-        cfg = ctx.recipe.precision
-        if cfg.mode == "none":
-            return "precision mode is 'none'"
-        if ctx.data.calib is None:
-            return None  # run() raises: INT8 without data is a config error, not a silent skip
-        return None
+        return "precision mode is 'none'" if ctx.recipe.precision.mode == "none" else None
 
     def config(self, ctx):
         cfg = dataclasses.asdict(ctx.recipe.precision)
@@ -149,11 +144,6 @@ class PrecisionStage(Stage):
         from calibration import quantize
 
         cfg = ctx.recipe.precision
-        if ctx.data.calib is None:
-            raise ConfigError(
-                "INT8 needs calibration data: pass --calib DIR (a folder of .npz samples) or set precision.calib in the recipe "
-                "(or precision.synthetic: true to calibrate on random data, knowingly)"
-            )
         out = ctx.out_dir / f"{ctx.stem}.int8.onnx"
         with ctx.progress.task("calibrating", len(ctx.data.calib)) as update:
             result = quantize(
@@ -200,8 +190,7 @@ class BuildStage(Stage):
 
         builders = available_builders()
         if cfg.builder is not None and cfg.builder not in builders:
-            if cfg.enabled == "yes" or cfg.builder is not None:
-                raise ConfigError(f"build.builder is '{cfg.builder}' but it is not installed (installed: {builders or 'none'})")
+            raise ConfigError(f"build.builder is '{cfg.builder}' but it is not installed (installed: {', '.join(builders) or 'none'})")
         if not builders:
             if cfg.enabled == "yes":
                 raise ConfigError("build.enabled is 'yes' but no TensorRT module is installed: pip install 'trtforge[rtx]'")
@@ -264,7 +253,7 @@ def _opt_shapes(recipe: Recipe) -> dict[str, tuple[int, ...]] | None:
 # ---------------------------------------------------------------- data
 
 
-def _open_data(folder: Path | None, specs, limit: int | None, what: str):
+def _open_data(folder: Path | None, specs, limit: int | None):
     if folder is None:
         return None, None
     from calibration import NpzFolderSource, validate_source
@@ -386,12 +375,17 @@ def optimize(
     if recipe.precision.synthetic and calib_dir is None:
         data.calib, data.calib_fingerprint = _synthetic(specs, recipe)
     else:
-        data.calib, data.calib_fingerprint = _open_data(calib_dir, specs, recipe.precision.max_samples, "calibration")
-    data.val, data.val_fingerprint = _open_data(val_dir, specs, recipe.validate.max_samples, "validation")
+        data.calib, data.calib_fingerprint = _open_data(calib_dir, specs, recipe.precision.max_samples)
+    if recipe.precision.mode == "int8" and data.calib is None:
+        # INT8 without data is a config error, never a silent skip or a silent random calibration.
+        raise ConfigError(
+            "INT8 needs calibration data: pass --calib DIR (a folder of .npz samples) or set precision.calib in the recipe "
+            "(or precision.synthetic: true to calibrate on random data, knowingly; or --precision none)"
+        )
+    data.val, data.val_fingerprint = _open_data(val_dir, specs, recipe.validate.max_samples)
     if recipe.validate.metric and data.val is not None and data.val.labels is None:
         raise InputError(f"{val_dir}: the task metric needs labels, but the folder has no labels.json")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(
         recipe=recipe,
         out_dir=out_dir,
@@ -406,11 +400,17 @@ def optimize(
         recipe=recipe.to_dict(),
         environment=environment(),
     )
+    # Every stage says now whether it can run, so a missing builder or a bad profile stops the
+    # run before the first artifact is written.
+    skip_reasons = {stage.name: stage.enabled(ctx) for stage in STAGES}
+    if recipe.build.shapes and skip_reasons["build"] is None:
+        _opt_shapes(recipe)  # parse the profile now: a malformed one is a config error up front
+    out_dir.mkdir(parents=True, exist_ok=True)
     versions = tool_versions(("tensorrt", "tensorrt-rtx"))
     current = model_path
     current_hash = model_info["sha256"]
     for stage in STAGES:
-        reason = stage.enabled(ctx)
+        reason = skip_reasons[stage.name]
         if reason is not None:
             report.stages.append(StageRecord(name=stage.name, status="skipped", reason=reason))
             progress.info(f"{stage.name}: skipped ({reason})")
@@ -483,7 +483,7 @@ def validate_only(
     recipe.validate.latency.iterations = iterations
     recipe.validate.latency.enabled = iterations > 0
     data = RunData()
-    data.val, data.val_fingerprint = _open_data(Path(data_dir), specs, None, "validation")
+    data.val, data.val_fingerprint = _open_data(Path(data_dir), specs, None)
     if metric and data.val.labels is None:
         raise InputError(f"{data_dir}: the task metric needs labels, but the folder has no labels.json")
     ctx = RunContext(recipe, Path("."), reference.stem, data, StageCache(enabled=False), progress or Progress("quiet"))
