@@ -1,0 +1,63 @@
+"""Apply onnxscript rewrite rules and say why the ones that matched a pattern refused."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx_ir as ir
+
+
+def apply_rules(model: ir.Model, rules, *, explain: bool = True) -> tuple[Counter, list[str]]:
+    """Apply ``rules`` (onnxscript ``RewriteRule`` objects) everywhere in ``model``.
+
+    Returns how often each rule fired and (with ``explain``), for nodes that matched a
+    rule's pattern but failed its check, one line per node with the rule's own reason.
+    """
+    from onnxscript.rewriter import RewriteRuleSet
+
+    fired: Counter = Counter()
+    for rule in rules:
+        # One rule set per rule so each application is counted against its rule.
+        count = RewriteRuleSet([rule]).apply_to_model(model)
+        if count:
+            fired[_rule_name(rule)] += count
+    return fired, (explain_refusals(model, rules) if explain else [])
+
+
+def explain_refusals(model: ir.Model, rules) -> list[str]:
+    """Dry-run ``rules`` (nothing changes) and collect the reasons of failed checks."""
+    from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRuleSet
+
+    reasons: list[str] = []
+    seen: set[tuple[int, str]] = set()
+
+    class _Collect(MatchingTracer):
+        def log(self, rule, container, node, match_result, status) -> None:  # noqa: D401
+            if status != MatchStatus.CONDITION_FAILED:
+                return
+            key = (id(node), str(match_result.reason))
+            if key in seen:
+                return
+            seen.add(key)
+            reasons.append(f"{node.op_type} '{node.name}': {match_result.reason or 'check failed'}")
+
+    RewriteRuleSet(list(rules)).apply_to_model(model, tracer=_Collect())
+    return reasons
+
+
+def _rule_name(rule) -> str:
+    return getattr(rule, "name", None) or str(rule)
+
+
+class RuleStep(ir.passes.InPlacePass):
+    """One sweep of a list of rules as an onnx-ir pass, so a PassManager can repeat it."""
+
+    def __init__(self, rules) -> None:
+        super().__init__()
+        self.rules = list(rules)
+        self.fired: Counter = Counter()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        fired, _ = apply_rules(model, self.rules, explain=False)
+        self.fired.update(fired)
+        return ir.passes.PassResult(model, modified=bool(fired))

@@ -1,0 +1,189 @@
+"""fold_constants: evaluate nodes whose inputs are all constant, under a size cap.
+
+The work is onnxscript's constant folder (``FoldConstantsPass``: ONNX reference
+evaluation plus partial evaluators for Shape, Cast, If, Dropout, ...). Around it we add
+what deployment needs and the folder does not promise:
+
+- a byte cap per folded tensor (the folder's own limit counts elements and is waived when
+  the inputs die, so one Tile can still write hundreds of MB);
+- a cap on the growth of the model's live weight bytes, checked before/after; when a run
+  grows the model by more than the cap it is rolled back as a whole;
+- declared shapes of intermediate values and outputs are not trusted: they are dropped and
+  re-inferred from the inputs, so a wrong value_info cannot be baked into a folded ``Shape``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx_ir as ir
+
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from graph_passes._base import (
+    GraphPass,
+    Snapshot,
+    count_nodes,
+    live_weight_bytes,
+    summarize_counts,
+    untrusted_shapes,
+)
+
+DEFAULT_MAX_TENSOR_BYTES = 1 << 20  # 1 MiB
+
+# onnxscript records, on every folded value, the names it was folded from; that is useful
+# in memory but we do not want it written into every deployed model.
+_FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"
+
+
+def _capped_folder_class():
+    # onnxscript is imported on first use: `import graph_passes` stays light.
+    from onnxscript.optimizer._constant_folding import FoldConstantsPass
+
+    class CappedFoldConstants(FoldConstantsPass):
+        """onnxscript's folder, refusing any folded tensor over ``max_tensor_bytes``."""
+
+        def __init__(self, *, max_tensor_bytes: int, input_size_limit: int) -> None:
+            super().__init__(
+                shape_inference=True,
+                input_size_limit=input_size_limit,
+                # The element limit must not be the binding one: our byte check is.
+                output_size_limit=max_tensor_bytes,
+            )
+            self.max_tensor_bytes = max_tensor_bytes
+            self.folded: Counter = Counter()
+            self.refused_large: list[str] = []
+
+        def _too_large(self, node: ir.Node, array) -> bool:
+            nbytes = getattr(array, "nbytes", 0)
+            if nbytes > self.max_tensor_bytes:
+                self.refused_large.append(f"{node.op_type} '{node.name}' ({nbytes / 2**20:.1f} MiB)")
+                return True
+            return False
+
+        def new_initializer(self, node, array):
+            if self._too_large(node, array):
+                return None
+            return super().new_initializer(node, array)
+
+        def new_constant(self, node, array):
+            if self._too_large(node, array):
+                return None
+            return super().new_constant(node, array)
+
+        def replace_node(self, node, replacement, root):
+            self.folded[node.op_type] += 1
+            super().replace_node(node, replacement, root)
+
+    return CappedFoldConstants
+
+
+class FoldConstants(GraphPass):
+    """Fold constant subexpressions into initializers (onnxscript folder, 1 MiB cap per tensor)."""
+
+    name = "fold_constants"
+    preconditions = (
+        "every input of a folded node is constant (graph inputs never are); no folded tensor exceeds "
+        "max_tensor_bytes; the model's live weight bytes grow by at most max_tensor_bytes (else the "
+        "whole fold is rolled back); models with IR version < 4 are left alone (run "
+        "remove_initializer_inputs first)"
+    )
+
+    def __init__(
+        self,
+        max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+        max_growth_bytes: int | None = None,
+        input_size_limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_tensor_bytes = max_tensor_bytes
+        self.max_growth_bytes = max_tensor_bytes if max_growth_bytes is None else max_growth_bytes
+        # Inputs up to the cap (in float32 elements) may be read; bigger ones are weights
+        # we do not want to rewrite (onnxscript still folds a Transpose of a weight it is
+        # the only reader of).
+        self.input_size_limit = input_size_limit if input_size_limit is not None else max_tensor_bytes // 4
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if model.ir_version < 4:
+            self.note(f"skipped: IR version {model.ir_version} < 4 needs every initializer to be a graph input")
+            return ir.passes.PassResult(model, modified=False)
+
+        snapshot = Snapshot(model)
+        before = live_weight_bytes(model)
+        constants_before = set(_constant_nodes(model))
+        folder = _capped_folder_class()(
+            max_tensor_bytes=self.max_tensor_bytes, input_size_limit=self.input_size_limit
+        )
+        with untrusted_shapes(model):
+            result = folder(model)
+        _strip_folded_from(model)
+        # Leave no litter: the folder emits some results (Shape's) as Constant nodes, and
+        # the nodes that fed folded values are dead now.
+        lifted = _lift_new_constants(model, constants_before)
+        nodes = count_nodes(model)
+        RemoveUnusedNodesPass()(model)
+        dead = nodes - count_nodes(model)
+        after = live_weight_bytes(model)
+
+        if after - before > self.max_growth_bytes:
+            snapshot.restore(model)
+            self.note(
+                f"rolled back: folding {sum(folder.folded.values())} nodes would grow live weights by "
+                f"{(after - before) / 2**20:.2f} MiB (cap {self.max_growth_bytes / 2**20:.2f} MiB)"
+            )
+            return ir.passes.PassResult(model, modified=False)
+
+        folded = sum(folder.folded.values())
+        self.note(f"folded {folded} nodes" + (f" ({summarize_counts(folder.folded)})" if folded else ""))
+        if folder.refused_large:
+            self.note(
+                f"left {len(folder.refused_large)} nodes unfolded over the {self.max_tensor_bytes / 2**20:.2f} MiB "
+                "cap: " + ", ".join(folder.refused_large[:5])
+            )
+        if dead or lifted:
+            self.note(f"removed {dead} dead nodes; {lifted} folded Constant nodes became initializers")
+        self.note(f"live weight bytes {before} -> {after}")
+        return ir.passes.PassResult(model, modified=result.modified or bool(dead or lifted))
+
+
+def _strip_folded_from(model: ir.Model) -> None:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            value.metadata_props.pop(_FOLDED_FROM_KEY, None)
+        for node in graph:
+            for value in node.outputs:
+                value.metadata_props.pop(_FOLDED_FROM_KEY, None)
+    for function in model.functions.values():
+        for node in function:
+            for value in node.outputs:
+                value.metadata_props.pop(_FOLDED_FROM_KEY, None)
+
+
+def _constant_nodes(model: ir.Model) -> list[ir.Node]:
+    return [
+        n
+        for g in (model.graph, *model.functions.values())
+        for n in ir.traversal.RecursiveGraphIterator(g)
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+    ]
+
+
+def _lift_new_constants(model: ir.Model, existing: set[ir.Node]) -> int:
+    """Turn Constant nodes the folder created (in graphs, not functions) into initializers."""
+    lifted = 0
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node in existing or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        out = node.outputs[0]
+        tensor = ir.convenience.get_const_tensor(out)
+        if tensor is None or out.is_graph_output() or not out.uses():
+            continue
+        init = ir.Value(
+            name=out.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+        )
+        graph = node.graph
+        out.replace_all_uses_with(init)
+        graph.remove(node, safe=True)
+        graph.register_initializer(init)
+        lifted += 1
+    return lifted

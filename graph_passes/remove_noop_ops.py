@@ -1,0 +1,127 @@
+"""remove_noop_ops: remove operations that return their input unchanged.
+
+Rules: ``x*1``, ``1*x``, ``x+0``, ``0+x``, ``x-0``, ``x/1`` (ours, see below), and
+onnxscript's no-op Cast, no-op Expand, identity Transpose and Transpose∘Transpose. Each rule
+turns the node into an Identity; the guarded Identity elimination of ``remove_identity``
+then bypasses it, and the two repeat until nothing changes.
+
+Why our own arithmetic rules: onnxscript's ``mul_by_1``/``add_0`` compare the constant with
+a tolerance (``math.isclose``, abs_tol 1e-8), so ``var + 1e-12`` (a LayerNorm epsilon)
+would count as ``+ 0`` and a zero variance would then divide by zero; and they only take
+scalars. Ours require the neutral element exactly, in a constant of any shape as long as
+broadcasting it cannot change the other operand's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+from graph_passes._base import GraphPass, quiet_logger, summarize_counts, untrusted_shapes
+from graph_passes._rules import RuleStep
+from graph_passes.remove_identity import RemoveIdentity
+
+# (op, neutral element, constant operand first?)
+_NEUTRAL_OPERANDS = (
+    ("Mul", 1, False),
+    ("Mul", 1, True),
+    ("Add", 0, False),
+    ("Add", 0, True),
+    ("Sub", 0, False),
+    ("Div", 1, False),
+)
+
+
+def _neutral_operand_rule(op_type: str, neutral: int, constant_first: bool, refused: dict):
+    from onnxscript.rewriter import RewriteRuleClassBase
+    from onnxscript.rewriter._basics import MatchResult
+
+    class NeutralOperand(RewriteRuleClassBase):
+        def pattern(self, op, x, c):
+            make = getattr(op, op_type)
+            return make(c, x) if constant_first else make(x, c)
+
+        def check(self, context, x: ir.Value, c: ir.Value) -> MatchResult:
+            result = MatchResult()
+            tensor = ir.convenience.get_const_tensor(c)
+            if tensor is None:
+                return result.fail("operand is not a constant")  # the common case; not reported
+            array = tensor.numpy()
+            node = context.root
+            if not np.all(array == neutral):
+                if array.size != 1 or not np.isclose(array.reshape(()).item(), neutral, rtol=1e-5, atol=1e-8):
+                    return result.fail("constant is not the neutral element")  # the common case; not reported
+                reason = f"constant {array.reshape(()).item()!r} is close to but not exactly {neutral}"
+            elif (why := _broadcast_changes_shape(x, array.shape)) is None:
+                return result
+            else:
+                reason = why
+            refused[(id(node), reason)] = f"{node.op_type} '{node.name}': {reason}"
+            return result.fail(reason)
+
+        def rewrite(self, op, x, c):
+            return op.Identity(x)
+
+    side = "_lhs" if constant_first else ""
+    return NeutralOperand.rule(name=f"{op_type.lower()}_by_{neutral}{side}")
+
+
+def _broadcast_changes_shape(x: ir.Value, const_shape: tuple[int, ...]) -> str | None:
+    """Why broadcasting ``x`` against a constant of ``const_shape`` might not return x's shape."""
+    if not const_shape:
+        return None  # a scalar never changes the shape
+    if x.shape is None:
+        return f"constant of shape {list(const_shape)} against an input of unknown shape may broadcast it"
+    if len(const_shape) > len(x.shape):
+        return f"constant of rank {len(const_shape)} would raise the input's rank {len(x.shape)}"
+    for c_dim, x_dim in zip(reversed(const_shape), reversed(tuple(x.shape))):
+        if c_dim != 1 and x_dim != c_dim:
+            return f"constant of shape {list(const_shape)} may broadcast the input's shape {list(x.shape)}"
+    return None
+
+
+def noop_rules(refused: dict) -> list:
+    from onnxscript.rewriter.rules.common import (
+        no_op_cast_rule,
+        no_op_expand_rule,
+        no_op_transpose_rule,
+        transpose_transpose_rule,
+    )
+
+    return [
+        *(_neutral_operand_rule(op, n, first, refused) for op, n, first in _NEUTRAL_OPERANDS),
+        no_op_cast_rule,  # Cast to the dtype it already has
+        no_op_expand_rule,  # Expand to the shape it already has (shapes re-inferred first)
+        no_op_transpose_rule,  # perm = (0, 1, ..., n-1)
+        transpose_transpose_rule,  # inverse pair -> Identity, otherwise one Transpose
+    ]
+
+
+class RemoveNoopOps(GraphPass):
+    """Remove no-op Mul/Add/Sub/Div by exact 1 or 0, no-op Cast/Expand/Transpose, inverse Transpose pairs."""
+
+    name = "remove_noop_ops"
+    preconditions = (
+        "the constant operand is exactly the neutral element everywhere and broadcasting it cannot "
+        "change the other operand's shape (its non-1 dims match static dims); Cast to the input's own "
+        "dtype; Expand to the input's inferred shape; identity or mutually inverse Transpose permutations"
+    )
+    max_rounds = 4
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        refused: dict = {}
+        step = RuleStep(noop_rules(refused))
+        # Expand's rule compares against the input's shape: trust inferred shapes only.
+        with untrusted_shapes(model):
+            with quiet_logger("onnx_ir.passes.common.shape_inference"):
+                ShapeInferencePass(strict_mode=False)(model)
+            # A removed no-op can expose another (Transpose pairs around a dropped Cast):
+            # repeat rules + Identity elimination until a round changes nothing.
+            result = ir.passes.PassManager([step, RemoveIdentity()], steps=self.max_rounds, early_stop=True)(model)
+        fired = step.fired
+        if fired:
+            self.note(f"removed {sum(fired.values())} no-ops ({summarize_counts(fired)})")
+        if refused:
+            self.note(f"kept {len(refused)}: " + "; ".join(list(refused.values())[:5]))
+        return ir.passes.PassResult(model, modified=result.modified)

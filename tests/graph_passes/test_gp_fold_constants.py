@@ -1,0 +1,157 @@
+"""fold_constants: constant subexpressions fold, within a per-tensor and a growth cap."""
+
+import numpy as np
+import onnx_ir as ir
+from gp_helpers import apply, assert_equivalent, op_counts, parse
+
+from graph_passes._base import live_weight_bytes
+from graph_passes.fold_constants import FoldConstants
+
+
+def test_folds_constant_chain_and_counts_nodes():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) <float[3] a = {1., 2., 3.}, float[3] b = {0.5, 0.5, 0.5}> {
+      s = Add(a, b)
+      t = Mul(s, b)
+      u = Neg(t)
+      y = Mul(x, u)
+    }
+    """)
+    pass_ = FoldConstants()
+    out, modified = apply(pass_, model)
+    assert modified
+    assert op_counts(out) == {"Mul": 1}
+    assert "folded 3 nodes" in pass_.notes[0]
+    assert_equivalent(model, out)
+
+
+def test_folds_shape_arithmetic_of_static_input():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3,4] x) => (float[2,12] y) <int64[1] zero = {0}, int64[1] minus1 = {-1}> {
+      s = Shape(x)
+      n = Gather<axis=0>(s, zero)
+      shape = Concat<axis=0>(n, minus1)
+      y = Reshape(x, shape)
+    }
+    """)
+    out, modified = apply(FoldConstants(), model)
+    assert modified
+    assert op_counts(out) == {"Reshape": 1}
+    assert_equivalent(model, out)
+
+
+TILE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[{n}] x) => ({outs}) <float[1] one = {{1.0}}, int64[1] reps = {{{n}}}> {{
+  {body}
+}}
+"""
+
+
+def _tiles(n: int, count: int) -> ir.Model:
+    body = "\n".join(f"t{i} = Tile(one, reps)\n y{i} = Add(x, t{i})" for i in range(count))
+    outs = ", ".join(f"float[{n}] y{i}" for i in range(count))
+    return parse(TILE.format(n=n, outs=outs, body=body))
+
+
+def test_never_folds_a_tensor_over_the_cap():
+    model = _tiles(n=1024, count=1)  # 4 KiB once folded
+    pass_ = FoldConstants(max_tensor_bytes=1024)
+    out, modified = apply(pass_, model)
+    assert not modified
+    assert op_counts(out)["Tile"] == 1
+    assert any("over the" in n and "Tile" in n for n in pass_.notes)
+    # Under a larger cap the same node folds.
+    out, modified = apply(FoldConstants(max_tensor_bytes=8192), model)
+    assert modified and "Tile" not in op_counts(out)
+    assert_equivalent(model, out)
+
+
+def test_rolls_back_when_total_weight_growth_exceeds_the_cap():
+    model = _tiles(n=200, count=3)  # three folds of 800 bytes each: 2400 bytes of growth
+    pass_ = FoldConstants(max_tensor_bytes=1024)
+    before = live_weight_bytes(model)
+    out, modified = apply(pass_, model)
+    assert not modified
+    assert op_counts(out) == op_counts(model)
+    assert live_weight_bytes(out) == before
+    assert any(n.startswith("rolled back") for n in pass_.notes)
+    assert_equivalent(model, out)
+    # With room for the growth it folds all three.
+    out, modified = apply(FoldConstants(max_tensor_bytes=1024, max_growth_bytes=4096), model)
+    assert modified and "Tile" not in op_counts(out)
+    assert_equivalent(model, out)
+
+
+def test_does_not_trust_a_wrong_declared_intermediate_shape():
+    # value_info claims h is [3,2]; it is [2,3]. Folding Shape(h) from the claim would make
+    # the Reshape transpose the layout of the output.
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) <float[3,2] h> {
+      h = Relu(x)
+      s = Shape(h)
+      y = Reshape(h, s)
+    }
+    """)
+    out, _ = apply(FoldConstants(), model)
+    assert_equivalent(model, out)
+    assert "Shape" not in op_counts(out)  # folded, from the *inferred* shape
+
+
+def test_graph_input_is_never_folded():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] x) => (float[3] y) {
+      y = Neg(x)
+    }
+    """)
+    out, modified = apply(FoldConstants(), model)
+    assert not modified and op_counts(out) == {"Neg": 1}
+
+
+def test_skips_ir3_models():
+    model = parse("""
+    <ir_version: 3, opset_import: ["" : 8]>
+    g (float[3] x) => (float[3] y) {
+      c = Constant<value = float[3] {1., 2., 3.}>()
+      n = Neg(c)
+      y = Add(x, n)
+    }
+    """)
+    pass_ = FoldConstants()
+    out, modified = apply(pass_, model)
+    assert not modified and "IR version 3" in pass_.notes[0]
+
+
+def test_folded_values_carry_no_onnxscript_metadata():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] x) => (float[3] y) <float[3] a = {1., 2., 3.}> {
+      n = Neg(a)
+      y = Add(x, n)
+    }
+    """)
+    out, _ = apply(FoldConstants(), model)
+    for value in out.graph.initializers.values():
+        assert not any("onnxscript" in k for k in value.metadata_props)
+    np.testing.assert_array_equal(next(iter(out.graph.initializers.values())).const_value.numpy(), [-1, -2, -3])
+
+
+def test_does_not_trust_a_wrong_declared_output_shape():
+    # The output y is declared [3,2] but is [2,3]; z reshapes by Shape(y). Folding Shape(y)
+    # from the declaration (as onnxscript's folder alone does) would make z [3,2]. The
+    # declaration itself is kept: it is the model's signature.
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[3,2] y, float[2,3] z) {
+      y = Relu(x)
+      s = Shape(y)
+      z = Reshape(x, s)
+    }
+    """)
+    out, _ = apply(FoldConstants(), model)
+    assert_equivalent(model, out)
+    assert list(out.graph.outputs[0].shape) == [3, 2]
