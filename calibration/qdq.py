@@ -1,0 +1,395 @@
+"""Explicit INT8: decide which nodes get Q/DQ (``plan_qdq``) and write it into the graph (``insert_qdq``).
+
+TensorRT 11 is strongly typed, so INT8 exists only where the graph says so. We quantize the
+inputs of the compute-heavy ops (Conv, Gemm, MatMul with a constant weight):
+
+- weights become per-channel symmetric int8 initializers (channel = the output channel)
+  followed by a DequantizeLinear; no QuantizeLinear on weights, so no runtime weight work;
+- each activation input gets one QuantizeLinear -> DequantizeLinear pair with a per-tensor
+  scale, shared by every quantized node that reads the tensor;
+- biases and everything else stay float.
+
+The target picks the activation form: symmetric int8 (zero point 0) for TensorRT, asymmetric
+uint8 for ONNX Runtime's x86 U8S8 kernels, which also need a Q/DQ on the quantized node's
+output before ORT turns the node into an integer kernel. Nodes inside subgraphs (If/Loop
+bodies) are never quantized silently: the plan lists them as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
+
+from calibration.stats import TensorRange
+from optimizer.errors import CalibrationError, ConfigError
+
+SUPPORTED_OP_TYPES = ("Conv", "Gemm", "MatMul")
+# Per-channel DequantizeLinear (the ``axis`` attribute) exists from opset 13 on.
+MIN_OPSET = 13
+# Below these sizes INT8 kernels do not pay for the Q/DQ around them (TensorRT's Tensor
+# Core GEMM/conv tiles need >= 16 along K/N or the channels); the thresholds follow
+# TensorRT Model Optimizer's published heuristics.
+MIN_GEMM_DIM = 16
+MIN_CONV_CHANNELS = 16
+
+
+@dataclass(frozen=True)
+class TargetFormat:
+    name: str
+    activation_dtype: ir.DataType
+    symmetric_activations: bool
+    # Also put Q/DQ on the outputs of quantized nodes (every reader then sees the DQ).
+    quantize_outputs: bool
+
+
+TARGETS = {
+    # TensorRT runs INT8 only in the symmetric form: zero point 0 everywhere. Inputs only:
+    # TensorRT fuses the following Q into the producing kernel by itself.
+    "tensorrt": TargetFormat("tensorrt", ir.DataType.INT8, symmetric_activations=True, quantize_outputs=False),
+    # ORT's x86 kernels are fast for uint8 activations x int8 weights (U8S8); the asymmetric
+    # range spends all 256 levels on one-sided tensors such as post-activation outputs. ORT
+    # only turns DQ -> Conv into an integer QLinearConv when a Q follows the Conv, so the
+    # outputs get Q/DQ too (measured on PP-OCRv4 rec: without them INT8 runs slower than FP32).
+    "onnxruntime-cpu": TargetFormat(
+        "onnxruntime-cpu", ir.DataType.UINT8, symmetric_activations=False, quantize_outputs=True
+    ),
+}
+
+
+def target_format(target: str) -> TargetFormat:
+    try:
+        return TARGETS[target]
+    except KeyError:
+        raise ConfigError(f"unknown quantization target '{target}'; choose one of {sorted(TARGETS)}") from None
+
+
+@dataclass
+class PlannedNode:
+    """One node to quantize: its float activation input, its constant weight and the weight's channel axis."""
+
+    node: str
+    op_type: str
+    activation: str
+    weight: str
+    axis: int
+    weight_params: int
+    output: str | None = None  # set when the target quantizes outputs too
+
+
+@dataclass
+class QdqPlan:
+    target: str
+    nodes: list[PlannedNode]
+    skipped: dict[str, str]  # node name -> why it stays float
+    total_weight_params: int  # constant weights of every Conv/Gemm/MatMul, quantized or not
+
+    @property
+    def activations(self) -> list[str]:
+        """The activation tensors to calibrate, each once: inputs of quantized nodes, then outputs."""
+        outputs = [p.output for p in self.nodes if p.output]
+        return list(dict.fromkeys([p.activation for p in self.nodes] + outputs))
+
+
+@dataclass
+class QdqRecord:
+    target: str
+    quantized_nodes: list[str]
+    num_q: int
+    num_dq: int
+    quantized_weight_params: int
+    # tensor -> {"scale", "zero_point", "min", "max"}: what the report shows per activation
+    activations: dict[str, dict] = field(default_factory=dict)
+
+
+def plan_qdq(
+    model: ir.Model,
+    *,
+    target: str,
+    op_types: Iterable[str] = SUPPORTED_OP_TYPES,
+    exclude: Iterable[str] = (),
+) -> QdqPlan:
+    """Choose the nodes to quantize and say why every other Conv/Gemm/MatMul stays float.
+
+    Unnamed or duplicate node names are fixed first (NameFixPass) so the plan can name nodes.
+    """
+    fmt = target_format(target)
+    op_types, exclude = set(op_types), set(exclude)
+    if unsupported := op_types - set(SUPPORTED_OP_TYPES):
+        raise ConfigError(f"cannot quantize op types {sorted(unsupported)}; supported: {list(SUPPORTED_OP_TYPES)}")
+    _ensure_unique_node_names(model)
+    # A typo in an exclude list would otherwise quantize the very layer the user protected.
+    if unknown := exclude - {n.name for n in ir.traversal.RecursiveGraphIterator(model.graph)}:
+        raise ConfigError(f"exclude names nodes that are not in the model: {sorted(unknown)}")
+    owners = _subgraph_owners(model.graph)
+    plan = QdqPlan(target, [], {}, 0)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OP_TYPES:
+            continue
+        weight = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        if weight is not None:
+            plan.total_weight_params += int(math.prod(weight.shape))
+        if node.graph is not model.graph:
+            plan.skipped[node.name] = (
+                f"inside a subgraph of {owners.get(node.graph, 'another node')}; "
+                "subgraphs are not quantized yet, so this node stays FP32"
+            )
+        elif node.name in exclude:
+            plan.skipped[node.name] = "excluded by name"
+        elif node.op_type not in op_types:
+            plan.skipped[node.name] = f"op type {node.op_type} not selected for quantization"
+        elif reason := _skip_reason(node, weight):
+            plan.skipped[node.name] = reason
+        else:
+            out = node.outputs[0]
+            # A graph output keeps its float value: the user reads it, and ORT's fusion
+            # needs the Q to be the only reader of the node's output anyway.
+            quantize_out = fmt.quantize_outputs and not out.is_graph_output() and out.dtype in (None, ir.DataType.FLOAT)
+            plan.nodes.append(
+                PlannedNode(
+                    node.name, node.op_type, node.inputs[0].name, node.inputs[1].name, _weight_axis(node),
+                    int(math.prod(weight.shape)), out.name if quantize_out else None,
+                )
+            )
+    return plan
+
+
+def _ensure_unique_node_names(model: ir.Model) -> None:
+    names = [n.name for n in ir.traversal.RecursiveGraphIterator(model.graph)]
+    if not all(names) or len(set(names)) != len(names):
+        NameFixPass()(model)
+
+
+def _subgraph_owners(graph: ir.Graph) -> dict[ir.Graph, str]:
+    owners = {}
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for attr in node.attributes.values():
+            subgraphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else (
+                list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+            )
+            for sub in subgraphs:
+                owners[sub] = f"{node.op_type} '{node.name}' ({attr.name})"
+    return owners
+
+
+def _const(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The constant behind ``value`` (initializer or Constant node), unless it can change at run time."""
+    if value is None or value.is_graph_input():
+        return None
+    return ir.convenience.get_const_tensor(value)
+
+
+def _skip_reason(node: ir.Node, weight: ir.TensorProtocol | None) -> str | None:
+    """Why ``node`` cannot or should not be quantized, or None when it should."""
+    if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
+        return "missing an input"
+    act, w = node.inputs[0], node.inputs[1]
+    if weight is None:
+        if w.is_graph_input():
+            return f"weight '{w.name}' is a graph input (it may change at run time)"
+        return f"input '{w.name}' is not a constant (activation x activation product); only constant weights are quantized"
+    if _const(act) is not None:
+        return f"input '{act.name}' is a constant too (fold the node first)"
+    if weight.dtype != ir.DataType.FLOAT:
+        return f"weight '{w.name}' is {weight.dtype.name}; only FLOAT weights are quantized in this version"
+    if act.dtype is not None and act.dtype != ir.DataType.FLOAT:
+        return f"activation '{act.name}' is {act.dtype.name}; only FLOAT activations are quantized in this version"
+    shape = tuple(weight.shape)
+    if node.op_type == "Conv":
+        if not 3 <= len(shape) <= 5:
+            return f"weight shape {list(shape)} is not a 1-D/2-D/3-D convolution kernel"
+        return _small_conv_reason(node, shape)
+    if len(shape) != 2:
+        return f"weight '{w.name}' has rank {len(shape)}; only 2-D {node.op_type} weights are quantized"
+    k, n = (shape[1], shape[0]) if node.op_type == "Gemm" and _int_attr(node, "transB", 0) else shape
+    if k < MIN_GEMM_DIM or n < MIN_GEMM_DIM:
+        return f"too small for INT8 kernels: K={k}, N={n} (both need >= {MIN_GEMM_DIM})"
+    return None
+
+
+def _small_conv_reason(node: ir.Node, shape: tuple[int, ...]) -> str | None:
+    out_ch, in_ch, kernel = shape[0], shape[1], shape[2:]  # in_ch is per group
+    if out_ch >= MIN_CONV_CHANNELS and in_ch >= MIN_CONV_CHANNELS:
+        return None
+    if _int_attr(node, "group", 1) == 1:
+        # Narrow plain convs still have INT8 kernels when a channel count is a multiple of 8
+        # and the other is large (or the conv reads the network input, e.g. 3-channel images).
+        wide = max(out_ch, in_ch) >= MIN_CONV_CHANNELS or node.inputs[0].is_graph_input()
+        if (out_ch % 8 == 0 or in_ch % 8 == 0) and wide and len(set(kernel)) == 1:
+            return None
+    elif out_ch % 8 == 0 and all(k >= 3 for k in kernel):
+        return None  # grouped/depthwise convs with real spatial kernels
+    return f"too small for INT8 kernels: {out_ch} output / {in_ch} input channels per group, kernel {list(kernel)}"
+
+
+def _int_attr(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return int(attr.value) if attr is not None else default
+
+
+def _weight_axis(node: ir.Node) -> int:
+    """The weight axis that indexes output channels: one scale per output channel."""
+    if node.op_type == "Conv":
+        return 0  # [O, I/group, k...]
+    if node.op_type == "Gemm" and _int_attr(node, "transB", 0):
+        return 0  # B is [N, K]
+    return 1  # MatMul / Gemm B is [K, N]
+
+
+# -- scales ---------------------------------------------------------------------------------
+
+
+def activation_qparams(r: TensorRange, fmt: TargetFormat) -> tuple[np.float32, int]:
+    """Per-tensor scale and zero point for a calibrated range.
+
+    The range is widened to include 0 so zero (padding, ReLU output) is exact. A tensor that
+    was constant zero gets scale 1, which represents it exactly.
+    """
+    lo, hi = min(r.min, 0.0), max(r.max, 0.0)
+    if fmt.symmetric_activations:
+        scale, zero_point = max(-lo, hi) / 127.0, 0
+    else:
+        scale = (hi - lo) / 255.0
+        zero_point = int(np.clip(round(-lo / scale), 0, 255)) if scale > 0 else 0
+    scale32 = np.float32(scale)
+    if not np.isfinite(scale32) or scale32 < np.finfo(np.float32).tiny:
+        return np.float32(1.0), 0
+    return scale32, zero_point
+
+
+def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8 in [-127, 127]: (int8 weight, float32 scale per channel along ``axis``).
+
+    The narrow range keeps -128 unused so the quantized weight negates exactly, as TensorRT's
+    and ORT's symmetric kernels assume. An all-zero channel gets scale 1.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    other = tuple(i for i in range(weight.ndim) if i != axis)
+    amax = np.max(np.abs(weight), axis=other)
+    scale = (amax / 127.0).astype(np.float32)
+    scale[~(scale >= np.finfo(np.float32).tiny)] = 1.0
+    bshape = [1] * weight.ndim
+    bshape[axis] = -1
+    q = np.clip(np.rint(weight / scale.reshape(bshape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+# -- insertion ------------------------------------------------------------------------------
+
+
+def insert_qdq(model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *, target: str) -> QdqRecord:
+    """Write ``plan`` into ``model`` in place with the scales from ``ranges``; return what was done."""
+    fmt = target_format(target)
+    opset = model.opset_imports.get("", 0)
+    if opset < MIN_OPSET:
+        raise CalibrationError(f"per-channel DequantizeLinear needs opset >= {MIN_OPSET}, the model has {opset}; upgrade it first")
+    graph = model.graph
+    order = {node: i for i, node in enumerate(graph)}
+    nodes = {node.name: node for node in graph}
+    missing = [p.node for p in plan.nodes if p.node not in nodes]
+    if missing:
+        raise CalibrationError(f"the plan names nodes that are not in the main graph: {missing}")
+    names = _NameSource(model)
+    record = QdqRecord(target, [p.node for p in plan.nodes], 0, 0, 0)
+
+    values = {v.name: v for v in graph.inputs} | {v.name: v for n in graph for v in n.outputs}
+    quantized_outputs = {p.output for p in plan.nodes if p.output}
+    for tensor in plan.activations:
+        if tensor not in ranges:
+            raise CalibrationError(f"no calibrated range for activation '{tensor}'")
+        x = values[tensor]
+        # Inputs: only the quantized nodes read the DQ, other readers keep the float tensor.
+        # Outputs: every reader does, so the producer's only consumer is the Q.
+        if tensor in quantized_outputs:
+            uses = [(u.node, u.idx) for u in x.uses()]
+        else:
+            uses = [(nodes[p.node], 0) for p in plan.nodes if p.activation == tensor]
+        scale, zero_point = activation_qparams(ranges[tensor], fmt)
+        zp_array = np.array(zero_point, dtype=fmt.activation_dtype.numpy())
+        s = _initializer(graph, names.new(f"{tensor}_scale"), np.array(scale, dtype=np.float32))
+        zp = _initializer(graph, names.new(f"{tensor}_zero_point"), zp_array)
+        q_out = ir.Value(name=names.new(f"{tensor}_quantized"), type=ir.TensorType(fmt.activation_dtype), shape=_copy_shape(x))
+        dq_out = ir.Value(name=names.new(f"{tensor}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=_copy_shape(x))
+        q = ir.Node("", "QuantizeLinear", [x, s, zp], outputs=[q_out], name=names.new(f"{tensor}_QuantizeLinear"))
+        dq = ir.Node("", "DequantizeLinear", [q_out, s, zp], outputs=[dq_out], name=names.new(f"{tensor}_DequantizeLinear"))
+        for user, index in uses:
+            user.replace_input_with(index, dq_out)
+        # Right after the producer (or first, for a graph input): before every reader.
+        if (producer := x.producer()) is not None:
+            graph.insert_after(producer, [q, dq])
+        else:
+            graph.insert_before(graph.node(0), [q, dq])
+        record.num_q += 1
+        record.num_dq += 1
+        r = ranges[tensor]
+        record.activations[tensor] = {"scale": float(scale), "zero_point": zero_point, "min": float(r.min), "max": float(r.max)}
+
+    # One int8 copy + DequantizeLinear per (weight, axis), shared by every node that uses it.
+    by_weight: dict[tuple[str, int], list[ir.Node]] = {}
+    for p in plan.nodes:
+        by_weight.setdefault((p.weight, p.axis), []).append(nodes[p.node])
+    for (weight_name, axis), users in by_weight.items():
+        w = users[0].inputs[1]
+        array = _const(w).numpy()
+        q_array, scales = quantize_weight(array, axis)
+        w_q = _initializer(graph, names.new(f"{weight_name}_int8"), q_array)
+        s = _initializer(graph, names.new(f"{weight_name}_scale"), scales)
+        zp = _initializer(graph, names.new(f"{weight_name}_zero_point"), np.zeros(scales.shape, dtype=np.int8))
+        dq_out = ir.Value(name=names.new(f"{weight_name}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(array.shape))
+        dq = ir.Node(
+            "", "DequantizeLinear", [w_q, s, zp], attributes=[ir.AttrInt64("axis", axis)],
+            outputs=[dq_out], name=names.new(f"{weight_name}_DequantizeLinear"),
+        )
+        graph.insert_before(min(users, key=order.__getitem__), dq)
+        for user in users:
+            user.replace_input_with(1, dq_out)
+        _drop_if_unused(graph, w)
+        record.num_dq += 1
+        record.quantized_weight_params += int(array.size)
+    return record
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    tensor = ir.tensor(array, name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _copy_shape(value: ir.Value) -> ir.Shape | None:
+    return ir.Shape(value.shape) if value.shape is not None else None
+
+
+def _drop_if_unused(graph: ir.Graph, value: ir.Value) -> None:
+    """Remove the float weight once nothing reads it (other consumers keep it alive)."""
+    if value.uses() or value.is_graph_output():
+        return
+    if value.is_initializer():
+        del graph.initializers[value.name]
+    elif (producer := value.producer()) is not None and producer.op_type == "Constant" and producer.graph is graph:
+        graph.remove(producer, safe=True)
+
+
+class _NameSource:
+    """Fresh value/node names that collide with nothing in the model (subgraphs included)."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.taken = set(model.graph.initializers)
+        self.taken.update(v.name for v in model.graph.inputs)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            self.taken.add(node.name)
+            self.taken.update(v.name for v in node.outputs)
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH:
+                    self.taken.update(attr.value.initializers)
+
+    def new(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.taken:
+            name, i = f"{base}_{i}", i + 1
+        self.taken.add(name)
+        return name
