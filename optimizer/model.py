@@ -221,7 +221,11 @@ def _spec(value: ir.Value) -> TensorSpec:
     dtype = value.dtype.numpy().name if value.dtype is not None else "unknown"
     shape = None
     if value.shape is not None:
-        shape = tuple(d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None) for d in value.shape)
+        # Exporters sometimes declare a dynamic dim as -1: it is dynamic, not a size.
+        shape = tuple(
+            (d if d >= 0 else None) if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None)
+            for d in value.shape
+        )
     return TensorSpec(value.name or "", dtype, shape)
 
 

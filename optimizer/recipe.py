@@ -59,6 +59,7 @@ class LatencyConfig:
     warmup: int = 3
     iterations: int = 30
     samples: int = 4  # distinct inputs cycled through while timing
+    ort_level: str = "all"  # ONNX Runtime graph optimisation level while timing (its default)
 
 
 @dataclass
@@ -98,6 +99,7 @@ _CHOICES = {
     "precision.target": ("tensorrt", "onnxruntime-cpu"),
     "precision.method": ("max",),
     "build.enabled": ("auto", "yes", "no"),
+    "validate.latency.ort_level": ("disable", "basic", "extended", "all"),
     "build.builder": (None, "tensorrt", "tensorrt-rtx"),
     "build.expect": (None, "int8", "fp16", "fp32"),
 }
