@@ -45,6 +45,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p $(XDG_CACHE_HOME) $(TMPDIR)
+	$(BIN)/python -m pip install -q -e ".[rtx,dev,bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
