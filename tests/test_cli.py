@@ -172,3 +172,41 @@ def test_fp16_flag_points_to_the_precision_stage(tmp_path):
     assert result.exit_code == 2
     assert "precision" in result.output.lower()
     assert not (tmp_path / "m.engine").exists()
+
+
+def _entry_points(model: Path, tmp: Path) -> dict[str, list[str]]:
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    return {
+        "inspect": ["inspect", str(model)],
+        "optimize": ["optimize", str(model), "-o", str(tmp / "out"), "--precision", "none"],
+        "passes": ["passes", str(model), "-o", str(tmp / "out.onnx")],
+        "quantize": ["quantize", str(model), "-o", str(tmp / "out.onnx"), "--calib", str(data)],
+        "build": ["build", str(model), "-o", str(tmp / "out.engine")],
+        "validate": ["validate", str(model), "--reference", str(model), "--data", str(data)],
+    }
+
+
+@pytest.mark.parametrize("command", ["inspect", "optimize", "passes", "quantize", "build", "validate"])
+@pytest.mark.parametrize("case", ["truncated", "not-onnx", "escaping-external-data"])
+def test_every_entry_point_refuses_bad_models_cleanly(tmp_path, command, case):
+    model, _ = _bad_inputs(tmp_path)[case]
+    before = _digest(tmp_path)
+    result = CliRunner().invoke(main, _entry_points(model, tmp_path)[command])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("trtforge: error: "), result.output
+    # Nothing written, nothing changed (the empty data folder is this test's own).
+    after = _digest(tmp_path)
+    assert after == before, set(after) ^ set(before)
+    assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+def test_report_refuses_non_reports(tmp_path):
+    bogus = tmp_path / "r.json"
+    bogus.write_text('{"hello": 1}')
+    result = CliRunner().invoke(main, ["report", str(bogus)])
+    assert result.exit_code == 2 and "not a trtforge report" in result.output
+    bogus.write_text("{truncated")
+    result = CliRunner().invoke(main, ["report", str(bogus)])
+    assert result.exit_code == 2 and "not a trtforge JSON report" in result.output
