@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from optimizer.engine.cuda import device_compute_capability
 from optimizer.engine.loader import (
     display_name,
     get_logger,
@@ -29,6 +30,7 @@ from optimizer.engine.loader import (
 )
 from optimizer.engine.parse import check_model_file, is_unreadable, parse_network
 from optimizer.engine.precision import LayerPrecisionSummary, dtype_name, network_precision
+from optimizer.engine.sparsity import two_four_sparse_weights
 from optimizer.engine.shapes import ShapeProfile, network_inputs, require_profiles
 from optimizer.errors import BuildError, ConfigError, InputError
 
@@ -37,6 +39,8 @@ EXPECTABLE = ("int8", "fp16", "bf16", "fp8", "fp32")
 # TensorRT 10 weak-typing flags a user may still ask for; TensorRT 11 and RTX have none.
 PRECISION_FLAGS = ("fp16", "bf16", "int8", "fp8")
 MAX_OPTIMIZATION_LEVEL = 5
+# BuildConfig.hardware_compatibility -> TensorRT's HardwareCompatibilityLevel member.
+HARDWARE_COMPATIBILITY = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
 
 
 @dataclass
@@ -49,6 +53,9 @@ class BuildConfig:
     expect: str | None = None  # "int8" | "fp16" | "bf16" | "fp8" | "fp32": fail unless the network carries it
     precision_flags: tuple[str, ...] = ()  # TensorRT 10 weak typing only; strongly typed builders refuse them
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("SM86", "SM89"); () = its default set
+    hardware_compatibility: str | None = None  # "ampere_plus" | "same_compute_capability"; None: this GPU only
+    refit: bool = False  # weights can be replaced in the built engine (REFIT)
+    strip_weights: bool = False  # the plan leaves weights out; refit them from the ONNX at deployment (STRIP_PLAN)
 
     def __post_init__(self) -> None:
         if self.timing_cache is not None:
@@ -69,6 +76,11 @@ class BuildConfig:
         unknown = [f for f in self.precision_flags if f not in PRECISION_FLAGS]
         if unknown:
             raise ConfigError(f"unknown precision flag(s) {', '.join(unknown)}: use {', '.join(PRECISION_FLAGS)}")
+        if self.hardware_compatibility is not None and self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
+            raise ConfigError(
+                f"hardware_compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
+                f"got {self.hardware_compatibility!r}"
+            )
         if not all(isinstance(p, ShapeProfile) for p in self.profiles):
             raise ConfigError("profiles must be ShapeProfile objects; build them with parse_shapes('x:min,opt,max')")
 
@@ -91,6 +103,12 @@ class BuildResult:
     # (TensorRT-RTX: the API is a no-op there). None when not asked for or not queryable.
     timing_cache_entries: int | None = None
     notes: list[str] = field(default_factory=list)  # warnings worth showing in the summary and report
+    # What the engine runs on: RTX compute-capability targets, or the building GPU (see build_target).
+    target: str = ""
+    build_device: str | None = None  # compute capability of the GPU that built it; None: built without one
+    store_key: str | None = None  # the engine store entry this engine is in (None: the store was not used)
+    store_hit: bool | None = None  # True: copied from the store, no build ran; None: the store was not used
+    sparse_2_4_weights: int = 0  # Conv/MatMul/Gemm weights that are 2:4 sparse (what sparse_weights can use)
 
 
 # --- files -------------------------------------------------------------------------------
@@ -123,7 +141,7 @@ def _commit(pairs: list[tuple[Path, bytes | memoryview]]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -136,7 +154,7 @@ def model_hash(path: Path) -> str:
     try:
         from optimizer.model import content_hash  # lazy: pulls in onnx-ir
     except ImportError:
-        return _sha256_file(path)
+        return sha256_file(path)
     return content_hash(path)
 
 
@@ -153,6 +171,21 @@ def _check_precision_flags(trt: ModuleType, flavour: str, config: BuildConfig) -
             f"{'/'.join(config.precision_flags)} builder flag: precision comes from the ONNX graph. "
             f"Make an INT8 model with `trtforge quantize` or an FP16 one with the precision stage "
             f"(`trtforge optimize --precision fp16`), then build that model without precision flags"
+        )
+
+
+def _check_gpu_only_options(trt: ModuleType, flavour: str, config: BuildConfig) -> None:
+    # TensorRT-RTX compiles refittable and weight-stripped engines with its JIT, which needs a
+    # CUDA device: without one the builder fails deep inside (CUDA_SUCCESS check) and prints
+    # to stderr. Say it before any work.
+    from optimizer.engine.cuda import cuda_available
+
+    asked = {kind: option for kind, option, on in (
+        ("refittable", "refit", config.refit), ("weight-stripped", "strip_weights", config.strip_weights)) if on}
+    if asked and flavour == "tensorrt-rtx" and not cuda_available():
+        raise ConfigError(
+            f"{display_name(flavour, trt)} cannot build {' or '.join(asked)} engines without a GPU (no CUDA device here); "
+            f"build them on a GPU machine, or drop {' and '.join(asked.values())}"
         )
 
 
@@ -177,11 +210,39 @@ def _configure(trt: ModuleType, flavour: str, builder: Any, network: Any, config
         if not hasattr(trt.BuilderFlag, "SPARSE_WEIGHTS"):
             raise ConfigError(f"{display_name(flavour, trt)} has no sparse-weights flag; drop sparse_weights")
         cfg.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    for wanted, flag in ((config.refit, "REFIT"), (config.strip_weights, "STRIP_PLAN")):
+        if wanted:
+            if not hasattr(trt.BuilderFlag, flag):
+                raise ConfigError(f"{display_name(flavour, trt)} has no {flag} flag; drop {flag.lower()}")
+            cfg.set_flag(getattr(trt.BuilderFlag, flag))
     for flag in config.precision_flags:  # only reached on a weakly typed TensorRT 10 network
         cfg.set_flag(getattr(trt.BuilderFlag, flag.upper()))
     if config.compute_capabilities:
         _set_compute_capabilities(trt, flavour, cfg, config.compute_capabilities)
+    if config.hardware_compatibility:
+        level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), HARDWARE_COMPATIBILITY[config.hardware_compatibility], None)
+        if level is None or not hasattr(cfg, "hardware_compatibility_level"):
+            raise ConfigError(f"{display_name(flavour, trt)} has no hardware compatibility levels; drop hardware_compatibility")
+        cfg.hardware_compatibility_level = level
     return cfg
+
+
+def build_target(trt: ModuleType, flavour: str, config: BuildConfig) -> str:
+    """The hardware an engine is built for, as one stable string (part of the engine store key).
+
+    TensorRT-RTX compiles for the compute capabilities it is told (or its default set);
+    datacenter TensorRT builds for the GPU it runs on, unless a hardware compatibility level
+    widens that.
+    """
+    from optimizer.engine.cuda import device_compute_capability
+
+    if flavour == "tensorrt-rtx" or config.compute_capabilities:
+        target = "+".join(config.compute_capabilities) or "rtx-default"
+    else:
+        target = device_compute_capability() or "no-gpu"
+    if config.hardware_compatibility:
+        target += f"/{config.hardware_compatibility}"
+    return target
 
 
 def _set_compute_capabilities(trt: ModuleType, flavour: str, cfg: Any, wanted: tuple[str, ...]) -> None:
@@ -222,12 +283,27 @@ def _load_timing_cache(cfg: Any, path: Path, logger: Any) -> tuple[bool, str | N
     return bool(blob), None
 
 
-def _save_timing_cache(cfg: Any) -> tuple[bytes, int | None]:
+def _save_timing_cache(cfg: Any, path: Path) -> tuple[bytes | None, int | None]:
+    """Return (bytes to write beside the engine, entries), or (None, entries) when written here.
+
+    A cache with entries is merged into the file under a lock and written at once: builds of
+    other models that share this (version, GPU) cache may have saved since this one loaded
+    it, and a plain overwrite would drop their entries.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         cache = cfg.get_timing_cache()
         entries = len(cache.queryKeys()) if hasattr(cache, "queryKeys") else None
-        return bytes(cache.serialize()), entries
+        if not entries:
+            return bytes(cache.serialize()), entries
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock", timeout=600):
+            if path.is_file() and hasattr(cache, "combine"):
+                cache.combine(cfg.create_timing_cache(path.read_bytes()), True)  # True: skip mismatching entries
+            _commit([(path, bytes(cache.serialize()))])
+        return None, len(cache.queryKeys())
 
 
 # --- the build ----------------------------------------------------------------------------
@@ -286,6 +362,7 @@ def build_engine(
         raise ConfigError(f"engine path {engine} is a folder; give a file name like {example}")
     trt, flavour = load_tensorrt(builder)
     _check_precision_flags(trt, flavour, config)  # before parsing: a config mistake needs no model work
+    _check_gpu_only_options(trt, flavour, config)
 
     # Hash first: optimizer.model's content_hash also refuses external data that escapes the
     # model's folder, is missing or is truncated, before TensorRT reads any of it.
@@ -298,6 +375,7 @@ def build_engine(
     summary = network_precision(network, trt)
     _check_expect(config, summary, model)
 
+    sparse = two_four_sparse_weights(model)
     logger = get_logger(trt)
     cfg = _configure(trt, flavour, parsed.builder, network, config, model.name)
     notes: list[str] = []
@@ -317,13 +395,17 @@ def build_engine(
             hint = "change what it names (an op, a shape range, a build option) and rebuild"
         raise BuildError(f"{display_name(flavour, trt)} failed to build {model}: {reason}; {hint}")
     notes.extend(dict.fromkeys(one_line(w, 240) for w in warns))  # de-duplicated, in order
+    if config.sparse_weights and not sparse:
+        notes.append("sparse_weights is on but no Conv/MatMul/Gemm weight is 2:4 sparse, so TensorRT has nothing to use it on")
+    elif sparse and not config.sparse_weights:
+        notes.append(f"{len(sparse)} weight(s) are 2:4 sparse (e.g. {sparse[0]}): build with --sparse-weights to use sparse kernels")
 
     entries = None
     outputs: list[tuple[Path, bytes | memoryview]] = []
     engine.parent.mkdir(parents=True, exist_ok=True)
     data = memoryview(serialized)
     if cache_path:
-        blob, entries = _save_timing_cache(cfg)
+        blob, entries = _save_timing_cache(cfg, cache_path)
         if entries == 0:
             # TensorRT-RTX: the timing cache API is a no-op, and reloading a cache file makes it
             # look for a GPU, so without one it is always rejected. One clear note, not CUDA noise.
@@ -334,8 +416,9 @@ def build_engine(
             )
         elif cache_problem:
             notes.append(f"timing cache {cache_path} was not usable ({cache_problem}); it has been rewritten")
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        outputs.append((cache_path, blob))
+        if blob is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            outputs.append((cache_path, blob))
 
     result = BuildResult(
         engine_path=str(engine),
@@ -352,6 +435,9 @@ def build_engine(
         strongly_typed=is_strongly_typed(trt, network),
         timing_cache_entries=entries,
         notes=notes,
+        target=build_target(trt, flavour, config),
+        build_device=device_compute_capability(),
+        sparse_2_4_weights=len(sparse),
     )
     sidecar = {
         "schema": SIDECAR_SCHEMA,
