@@ -7,6 +7,8 @@ import operator
 import re
 from typing import Any
 
+import numpy as np
+
 from optimizer.errors import ConfigError
 from optimizer.report import GateResult
 
@@ -46,8 +48,49 @@ def gate_metrics(validation: dict[str, Any] | None) -> dict[str, float]:
         metrics[f"{name}_drop"] = -task["change"]
     if lat := validation.get("latency"):
         metrics["p50_speedup"] = lat["p50_speedup"]
+        if "paired_speedup" in lat:
+            metrics["paired_speedup"] = lat["paired_speedup"]
         metrics["candidate_p50_ms"] = lat["candidate"]["p50_ms"]
+    top1 = [o["top1_agreement"] for o in outputs if "top1_agreement" in o]
+    if top1:
+        metrics["min_top1_agreement"] = min(top1)
+        metrics["min_top5_agreement"] = min(o["top5_agreement"] for o in outputs if "top5_agreement" in o)
+    if noise := validation.get("noise"):
+        metrics["noise_max_abs"] = noise["max_abs"]
+        if outputs:
+            # How many times the reference's own run-to-run spread the candidate's error is.
+            metrics["error_to_noise"] = metrics["max_abs_error"] / max(noise["max_abs"], np.finfo(np.float32).tiny)
     return metrics
+
+
+def regression_metrics(validation: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, float]:
+    """Gate metrics against a previous release's report: positive numbers are regressions.
+
+    ``{metric}_regression``: the task metric got worse by this much (in its own unit, whichever
+    direction is better). ``p50_regression_pct``: the candidate's p50 got slower by this many
+    percent; ``speedup_regression_pct``: the p50 speed-up over FP32 shrank by this many percent
+    (steadier across machines, since both models were timed side by side in each run).
+    """
+    if not validation or not baseline:
+        return {}
+    now, before = gate_metrics(validation), gate_metrics(baseline)
+    metrics: dict[str, float] = {}
+    task, old_task = validation.get("task"), baseline.get("task")
+    if task and old_task and task["name"] == old_task["name"]:
+        sign = -1.0 if task["higher_is_better"] else 1.0
+        metrics[f"{task['name']}_regression"] = sign * (task["candidate"] - old_task["candidate"])
+    if "candidate_p50_ms" in now and "candidate_p50_ms" in before:
+        metrics["p50_regression_pct"] = 100.0 * (now["candidate_p50_ms"] / before["candidate_p50_ms"] - 1.0)
+        metrics["speedup_regression_pct"] = 100.0 * (1.0 - now["p50_speedup"] / before["p50_speedup"])
+    if "min_snr_db" in now and "min_snr_db" in before:
+        metrics["snr_regression_db"] = before["min_snr_db"] - now["min_snr_db"]
+    return metrics
+
+
+def diff_metrics(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[tuple[str, float | None, float | None]]:
+    """Every gate metric of two validation records side by side (release N-1 vs N)."""
+    a, b = gate_metrics(old), gate_metrics(new)
+    return [(name, a.get(name), b.get(name)) for name in sorted(set(a) | set(b))]
 
 
 def check_syntax(expressions: list[str]) -> None:
@@ -55,8 +98,11 @@ def check_syntax(expressions: list[str]) -> None:
         parse_gate(e)
 
 
-def evaluate_gates(expressions: list[str], validation: dict[str, Any] | None) -> list[GateResult]:
-    metrics = gate_metrics(validation)
+def evaluate_gates(
+    expressions: list[str], validation: dict[str, Any] | None, baseline: dict[str, Any] | None = None
+) -> list[GateResult]:
+    """Check each gate; ``baseline`` (a previous report's validation record) adds the regression metrics."""
+    metrics = gate_metrics(validation) | regression_metrics(validation, baseline)
     results = []
     for expression in expressions:
         name, op, threshold = parse_gate(expression)

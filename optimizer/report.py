@@ -192,9 +192,22 @@ def to_markdown(report: Report) -> str:
             for name in ("reference", "candidate"):
                 r = lat[name]
                 lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['mean_ms']:.2f} |")
-            lines += ["", f"p50 speed-up (reference / candidate): **{lat['p50_speedup']:.2f}x**"]
+            lines += ["", f"p50 speed-up (reference / candidate): **{lat['p50_speedup']:.2f}x**"
+                      + (f" (median of per-iteration ratios: {lat['paired_speedup']:.2f}x)" if "paired_speedup" in lat else "")]
             if lat.get("note"):
                 lines += ["", f"_{lat['note']}_"]
+        if div := val.get("divergence"):
+            lines += ["", "## First divergent layer", ""]
+            if first := div.get("first"):
+                lines.append(
+                    f"`{first['node']}` ({first['op_type']}), tensor `{first['tensor']}`, SNR {first['snr_db']:.1f} dB "
+                    f"(tolerance {div['tolerance']['min_snr_db']:g} dB; {div['compared']} tensors, {div['samples']} samples, "
+                    f"peak RssAnon {div['peak_rss_anon_mb']:.0f} MB). {div['reason']}."
+                )
+                if div.get("hint"):
+                    lines += ["", f"Fix: {div['hint']}"]
+            else:
+                lines.append(f"No tensor diverges beyond tolerance ({div['compared']} tensors compared).")
     if report.gates:
         lines += ["", "## Gates", "", "| gate | value | result |", "|---|---:|---|"]
         for g in report.gates:
@@ -209,6 +222,7 @@ def to_markdown(report: Report) -> str:
 
 def print_summary(report: Report, console) -> None:
     """The terminal summary: stages, accuracy, latency, gates, what was written."""
+    from rich.markup import escape  # node names and hints contain [brackets]
     from rich.table import Table
 
     table = Table(title="pipeline", show_edge=False, title_justify="left")
@@ -238,11 +252,34 @@ def print_summary(report: Report, console) -> None:
             )
             if lat.get("note"):
                 console.print(f"[dim]{lat['note']}[/]")
+    if val and (div := val.get("divergence")) and (first := div.get("first")):
+        console.print(
+            f"first divergent layer: [bold]{first['node']}[/] ({first['op_type']}, SNR {first['snr_db']:.1f} dB; "
+            f"{div['compared']} tensors in {div['sessions']} sessions, peak RssAnon {div['peak_rss_anon_mb']:.0f} MB)"
+        )
+        if div.get("hint"):
+            console.print(f"  fix: {escape(div['hint'])}")
     for g in report.gates:
         mark = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
         console.print(f"gate {g.expression}: {mark} ({g.message})")
     warnings = report.warnings + [f"{s.name}: {w}" for s in report.stages for w in s.warnings]
     for w in warnings:
-        console.print(f"[yellow]warning[/]: {w}")
+        console.print(f"[yellow]warning[/]: {escape(w)}")
     for k, v in report.artifacts.items():
         console.print(f"wrote {k}: {v}")
+
+
+def print_diff(old: Report, new: Report, console) -> None:
+    """Release N-1 against release N: every gate metric side by side, and both verdicts."""
+    from rich.table import Table
+
+    from optimizer.gates import diff_metrics
+
+    table = Table(title=f"{old.created} → {new.created}", show_edge=False, title_justify="left")
+    for col in ("metric", "baseline", "this run", "change"):
+        table.add_column(col)
+    for name, a, b in diff_metrics(old.validation, new.validation):
+        change = f"{b - a:+.4g}" if a is not None and b is not None else ""
+        table.add_row(name, _fmt(a) if a is not None else "-", _fmt(b) if b is not None else "-", change)
+    console.print(table)
+    console.print(f"baseline {'PASSED' if old.passed else 'FAILED'}; this run {'PASSED' if new.passed else 'FAILED'}")

@@ -69,11 +69,19 @@ def load_metric(spec: str, base_dir: Path | None = None) -> TaskMetric:
 # ---------------------------------------------------------------- accuracy
 
 
-class _OutputStats:
+def _inner(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.einsum("i,i->", a, b))
+
+
+class OutputStats:
     """Streaming error statistics for one output: memory does not grow with the data."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, topk: bool = False) -> None:
         self.name = name
+        self.topk = topk  # class-like output: also count top-1 / top-5 agreement per row
+        self.rows = 0
+        self.top1 = 0
+        self.top5 = 0
         self.max_abs = 0.0
         self.abs_sum = 0.0
         self.count = 0
@@ -86,20 +94,38 @@ class _OutputStats:
     def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if ref.shape != cand.shape:
             raise ValidationError(f"output '{self.name}': reference shape {ref.shape} but candidate shape {cand.shape}")
+        # One float64 copy each and four inner products: this runs for every tensor of the
+        # divergence search. einsum, not BLAS dot: OpenBLAS threads spin badly on a loaded
+        # 2-core machine (measured 10x slower than einsum there).
         r = ref.astype(np.float64).ravel()
         c = cand.astype(np.float64).ravel()
-        finite = np.isfinite(c)
-        self.nonfinite += int(finite.size - finite.sum())
-        diff = np.abs(r - c)
-        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
-        self.abs_sum += float(diff.sum())
+        diff = r - c
+        dd = _inner(diff, diff)
+        if not math.isfinite(dd):
+            self.nonfinite += int(c.size - np.isfinite(c).sum())
+        if diff.size:
+            ad = np.abs(diff)
+            self.max_abs = max(self.max_abs, float(ad.max()))
+            self.abs_sum += float(ad.sum())
+            self.ref_absmax = max(self.ref_absmax, float(max(r.max(), -r.min())))
         self.count += diff.size
-        self.ref_absmax = max(self.ref_absmax, float(np.abs(r).max(initial=0.0)))
-        denom = float(np.linalg.norm(r) * np.linalg.norm(c))
-        cosine = float(r @ c) / denom if denom > 0 else (1.0 if not r.any() and not c.any() else 0.0)
+        rr, cc, rc = _inner(r, r), _inner(c, c), _inner(r, c)
+        denom = math.sqrt(rr * cc)
+        cosine = rc / denom if denom > 0 else (1.0 if rr == 0 and cc == 0 else 0.0)
         self.cosine_min = min(self.cosine_min, cosine)
-        self.signal += float(r @ r)
-        self.noise += float(diff @ diff)
+        self.signal += rr
+        self.noise += dd
+        if self.topk and ref.ndim >= 2 and ref.shape[-1] >= 2:
+            self._add_topk(ref.reshape(-1, ref.shape[-1]), cand.reshape(-1, cand.shape[-1]))
+
+    def _add_topk(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        """Rows are positions (a CTC time step, an image): does the candidate pick the same class?"""
+        best = cand.argmax(axis=1)
+        self.rows += ref.shape[0]
+        self.top1 += int((best == ref.argmax(axis=1)).sum())
+        k = min(5, ref.shape[1])
+        top = np.argpartition(ref, -k, axis=1)[:, -k:]
+        self.top5 += int((top == best[:, None]).any(axis=1).sum())
 
     def result(self) -> dict[str, Any]:
         snr = math.inf if self.noise == 0 else 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
@@ -112,7 +138,47 @@ class _OutputStats:
             "cosine_min": self.cosine_min,
             "snr_db": snr if math.isfinite(snr) else (999.0 if snr > 0 else -999.0),
             "nonfinite": self.nonfinite,
+            **(
+                {"top1_agreement": self.top1 / self.rows, "top5_agreement": self.top5 / self.rows}
+                if self.topk and self.rows
+                else {}
+            ),
         }
+
+
+def _class_like(runner, name: str) -> bool:
+    """A float output whose last dimension is a fixed class count of at least 2 (logits, probabilities)."""
+    spec = next((o for o in getattr(runner, "outputs", []) if o.name == name), None)
+    if spec is None or not spec.shape or len(spec.shape) < 2 or "float" not in str(spec.dtype):
+        return False
+    last = spec.shape[-1]
+    return isinstance(last, int) and last >= 2
+
+
+def reference_noise(runners: dict[str, Any], samples: Iterable[dict[str, np.ndarray]], limit: int = 8) -> dict[str, Any]:
+    """The reference against itself under two ORT configurations: the floor no candidate can beat.
+
+    Different thread counts and graph optimisation levels reorder float reductions, so the
+    spread between them is the run-to-run noise of the reference; a tolerance derived from it
+    (``error_to_noise``) needs no guess about the model's scale.
+    """
+    (first_name, first), (second_name, second) = runners.items()
+    stats = {n: OutputStats(n) for n in first.output_names}
+    count = 0
+    for feeds in samples:
+        a, b = first.run(feeds), second.run(feeds)
+        for n in stats:
+            stats[n].add(a[n], b[n])
+        count += 1
+        if count >= limit:
+            break
+    outputs = [s.result() for s in stats.values()]
+    return {
+        "samples": count,
+        "configurations": [first_name, second_name],
+        "outputs": outputs,
+        "max_abs": max((o["max_abs"] for o in outputs), default=0.0),
+    }
 
 
 def compare(
@@ -130,7 +196,7 @@ def compare(
     missing = [n for n in ref_names if n not in candidate.output_names]
     if missing:
         raise ValidationError(f"the candidate lacks the reference's outputs {missing}; it has {candidate.output_names}")
-    stats = {n: _OutputStats(n) for n in ref_names}
+    stats = {n: OutputStats(n, topk=_class_like(reference, n)) for n in ref_names}
     keep = metric is not None
     ref_outputs: list[dict[str, np.ndarray]] = []
     cand_outputs: list[dict[str, np.ndarray]] = []
@@ -183,6 +249,8 @@ def _percentiles(times_s: list[float]) -> dict[str, float]:
         "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()),
         "throughput_per_s": float(1e3 / ms.mean()) if ms.mean() > 0 else 0.0,
+        # Every timed iteration, for the report's histogram (a few hundred numbers at most).
+        "samples_ms": [round(float(t), 4) for t in ms],
     }
 
 
@@ -217,3 +285,9 @@ def measure_latency(
         if progress:
             progress(i + 1)
     return {n: _percentiles(t) for n, t in times.items()}
+
+
+def paired_speedup(reference: dict[str, Any], candidate: dict[str, Any]) -> float:
+    """Median over iterations of reference time / candidate time (``measure_latency`` interleaves them)."""
+    ref, cand = np.asarray(reference["samples_ms"]), np.asarray(candidate["samples_ms"])
+    return float(np.median(ref / cand))
