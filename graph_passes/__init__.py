@@ -3,6 +3,8 @@
     records = run_passes(model)                                  # DEFAULT_PASSES, in place
     records = run_passes(model, ["fold_constants", "eliminate_dead_code"],
                          verifier=Verifier(model, shapes={"x": (1, 3, 48, 320)}))
+    records = run_passes(model, opset=17, explain=True)          # upgrade first; say why rules refused
+    records = run_passes(model, specialize={"x": (1, 3, 48, 320)})  # pin dynamic dims, then fold
 
 Each pass lives in its own module (``graph_passes/<name>.py``); the default order is the
 one commented list in ``graph_passes/default_order.py``.
@@ -11,12 +13,14 @@ one commented list in ``graph_passes/default_order.py``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
 from graph_passes._base import GraphPass, Snapshot, count_nodes
+from graph_passes.convert_opset import ConvertOpset
+from graph_passes.specialize_shapes import specialize_input_shapes
 from graph_passes.default_order import DEFAULT_ORDER, DEFAULT_PASSES, OPTIONAL_PASSES
 from graph_passes.verify import OutputDiff, Verifier
 from optimizer.errors import ConfigError, PassError, VerificationError
@@ -43,6 +47,8 @@ class PassRecord:
     nodes_after: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    #: With ``explain``: one line per node a rule matched but refused, with the reason.
+    refusals: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +58,7 @@ class PassRecord:
             "nodes_after": self.nodes_after,
             "seconds": round(self.seconds, 4),
             "notes": list(self.notes),
+            "refusals": list(self.refusals),
         }
 
 
@@ -113,6 +120,9 @@ def run_passes(
     *,
     skip: Sequence[str] = (),
     verifier: Verifier | None = None,
+    explain: bool = False,
+    opset: int | None = None,
+    specialize: Mapping[str, Sequence[int]] | None = None,
 ) -> list[PassRecord]:
     """Run passes on ``model`` in place, in the order given (default: DEFAULT_PASSES).
 
@@ -124,7 +134,11 @@ def run_passes(
     outputs) must be unchanged, and with a ``verifier`` its outputs must still match the
     reference. A pass that raises, changes the signature or fails verification is rolled
     back (the model holds every pass before it) and the error names it: PassError, or
-    VerificationError (exit code 1) for a numeric change.
+    VerificationError (exit code 1) for a numeric change. With ``explain`` each record
+    lists, per node a pass's pattern matched but its check refused, the reason. ``opset``
+    first upgrades the model with onnx's version converter (``convert_opset``), verified like
+    a pass. ``specialize`` pins the named inputs' dynamic dims first (static-shape
+    specialisation: ``{"x": (1, 3, 48, 320)}``); the model then runs at those shapes only.
     """
     registry = _registry()
     requested = list(DEFAULT_PASSES if names is None else names)
@@ -134,7 +148,16 @@ def run_passes(
             f"unknown graph pass{'es' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"valid passes: {', '.join(registry)}"
         )
+    if opset is not None:
+        requested.insert(0, ConvertOpset(opset))
     records: list[PassRecord] = []
+    # The state to roll back to. A pass that reports no change leaves it valid, so the
+    # model is cloned only before the first pass and after each one that changed it.
+    snapshot: Snapshot | None = None
+    if specialize:
+        before = count_nodes(model)
+        notes = specialize_input_shapes(model, specialize)
+        records.append(PassRecord("specialize_input_shapes", True, before, before, 0.0, notes))
     for entry in requested:
         pass_ = registry[entry]() if isinstance(entry, str) else entry
         if not pass_.in_place:
@@ -142,13 +165,19 @@ def run_passes(
         name = getattr(pass_, "name", "") or type(pass_).__name__
         if name in skip:
             continue
-        snapshot = Snapshot(model)
+        if isinstance(pass_, GraphPass):
+            pass_.explain = explain
+        if snapshot is None:
+            snapshot = Snapshot(model)
         signature = _signature(model)
         io_shapes = _declared_io_shapes(model)
         nodes_before = count_nodes(model)
         start = time.perf_counter()
         try:
             result = pass_(model)
+        except ConfigError:
+            snapshot.restore(model)
+            raise
         except Exception as exc:
             snapshot.restore(model)
             raise PassError(
@@ -158,6 +187,9 @@ def run_passes(
         seconds = time.perf_counter() - start
         _keep_declared_io_shapes(model, io_shapes)
         notes = list(getattr(pass_, "notes", []))
+        refusals = list(getattr(pass_, "refusals", []))
+        if refusals and not explain:
+            notes.append(f"refused {len(refusals)} matches (explain=True says why)")
         if not _same_signature(signature, _signature(model)):
             before, after = signature, _signature(model)
             snapshot.restore(model)
@@ -182,8 +214,11 @@ def run_passes(
                 nodes_after=count_nodes(model),
                 seconds=seconds,
                 notes=notes,
+                refusals=refusals if explain else [],
             )
         )
+        if result.modified:
+            snapshot = None
     return records
 
 

@@ -40,6 +40,11 @@ class GraphPass(ir.passes.InPlacePass):
     def __init__(self) -> None:
         super().__init__()
         self.notes: list[str] = []
+        self.refusals: list[str] = []
+        self._refused: set[str] = set()
+
+    #: Record one line per refused node (``refuse``); set by ``run_passes(explain=True)``.
+    explain: bool = False
 
     @classmethod
     def description(cls) -> str:
@@ -47,10 +52,19 @@ class GraphPass(ir.passes.InPlacePass):
 
     def __call__(self, model_or_result, /):
         self.notes = []
+        self.refusals = []
+        self._refused: set[str] = set()
         return super().__call__(model_or_result)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def refuse(self, node: ir.Node, reason: str) -> None:
+        """A node matched this pass's pattern but a precondition failed: say which and why."""
+        line = f"{node.op_type} '{node.name}': {reason}"
+        if line not in self._refused:  # passes that sweep to a fixed point see a node again
+            self._refused.add(line)
+            self.refusals.append(line)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

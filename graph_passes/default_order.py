@@ -13,6 +13,12 @@ from graph_passes.deduplicate_initializers import DeduplicateInitializers
 from graph_passes.eliminate_dead_code import EliminateDeadCode
 from graph_passes.fold_batchnorm_into_conv import FoldBatchnormIntoConv
 from graph_passes.fold_constants import FoldConstants
+from graph_passes.fold_conv_affine import FoldConvAffine
+from graph_passes.fold_shape_computations import FoldShapeComputations
+from graph_passes.fuse_hard_activations import FuseHardActivations
+from graph_passes.fuse_layer_norm import FuseLayerNorm
+from graph_passes.fuse_matmul_add_into_gemm import FuseMatmulAddIntoGemm
+from graph_passes.fuse_pad_into_conv import FusePadIntoConv
 from graph_passes.lift_constants import LiftConstants
 from graph_passes.remove_dropout import RemoveDropout
 from graph_passes.remove_identity import RemoveIdentity
@@ -31,11 +37,28 @@ DEFAULT_ORDER: list[type[GraphPass]] = [
     # Cheap bypasses that expose constant chains (Identity(W) -> Mul) to the folder.
     RemoveIdentity,
     RemoveDropout,
+    # Before the general folder: turns Shape->Slice->Concat chains with known dims into
+    # constants and dynamic Reshape targets into [0, C, -1]-style constants; the folder then
+    # evaluates what is left (Mul of two folded dims) and drops the dead chains.
+    FoldShapeComputations,
     # Folds what the bypasses exposed; afterwards BN parameters computed by constant
     # subgraphs are plain initializers and scalar operands are literal 0/1.
     FoldConstants,
     # Needs constant initializers (lifted or folded above).
     FoldBatchnormIntoConv,
+    # After BN folding (which gives bias-less Convs a bias): per-channel Add/Mul, and the BNs
+    # onnxscript's rule cannot reach (ConvTranspose -> Add -> BN), in one fixed-point loop.
+    FoldConvAffine,
+    # After the folds: the Conv+Add+Clip+Div chains are whole, and the +3/0/6 constants are
+    # literal initializers.
+    FuseHardActivations,
+    # After folding (epsilon and the power 2 are literal initializers); a no-op below opset 17.
+    FuseLayerNorm,
+    # Needs inferred ranks (it infers them itself); before CSE so that duplicate MatMul+Add
+    # pairs become duplicate Gemms that CSE merges.
+    FuseMatmulAddIntoGemm,
+    # After folding: the pads must be literal initializers.
+    FusePadIntoConv,
     # After folding, so folded 1s and 0s are seen; leaves Identities it removes itself.
     RemoveNoopOps,
     # After every pass that creates initializers (lift, fold, BN folding).

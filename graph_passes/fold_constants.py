@@ -5,7 +5,8 @@ evaluation plus partial evaluators for Shape, Cast, If, Dropout, ...). Around it
 what deployment needs and the folder does not promise:
 
 - a byte cap per folded tensor (the folder's own limit counts elements and is waived when
-  the inputs die, so one Tile can still write hundreds of MB);
+  the inputs die, so one Tile can still write hundreds of MB), except for a Reshape/Transpose/
+  Squeeze/Unsqueeze/Flatten of a weight only it reads (same bytes, and the input dies);
 - a cap on the growth of the model's live weight bytes, checked before/after; when a run
   grows the model by more than the cap it is rolled back as a whole;
 - declared shapes of intermediate values and outputs are not trusted: they are dropped and
@@ -49,6 +50,7 @@ def _capped_folder_class():
                 input_size_limit=input_size_limit,
                 # The element limit must not be the binding one: our byte check is.
                 output_size_limit=max_tensor_bytes,
+                should_fold=lambda node: True if _relayout_of_dying_weight(node) else None,
             )
             self.max_tensor_bytes = max_tensor_bytes
             self.folded: Counter = Counter()
@@ -56,7 +58,7 @@ def _capped_folder_class():
 
         def _too_large(self, node: ir.Node, array) -> bool:
             nbytes = getattr(array, "nbytes", 0)
-            if nbytes > self.max_tensor_bytes:
+            if nbytes > self.max_tensor_bytes and not _relayout_of_dying_weight(node):
                 self.refused_large.append(f"{node.op_type} '{node.name}' ({nbytes / 2**20:.1f} MiB)")
                 return True
             return False
@@ -84,7 +86,7 @@ class FoldConstants(GraphPass):
     name = "fold_constants"
     preconditions = (
         "every input of a folded node is constant (graph inputs never are); no folded tensor exceeds "
-        "max_tensor_bytes; the model's live weight bytes grow by at most max_tensor_bytes (else the "
+        "max_tensor_bytes, unless it is a Reshape/Transpose/... of a weight only that node reads; the model's live weight bytes grow by at most max_tensor_bytes (else the "
         "whole fold is rolled back); models with IR version < 4 are left alone (run "
         "remove_initializer_inputs first)"
     )
@@ -144,6 +146,26 @@ class FoldConstants(GraphPass):
             self.note(f"removed {dead} dead nodes; {lifted} folded Constant nodes became initializers")
         self.note(f"live weight bytes {before} -> {after}")
         return ir.passes.PassResult(model, modified=result.modified or bool(dead or lifted))
+
+
+# Ops that only rearrange their first input: the result has exactly its bytes.
+_RELAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+
+
+def _relayout_of_dying_weight(node: ir.Node) -> bool:
+    """A Reshape/Transpose/... of a constant only it reads: folding it replaces, never grows.
+
+    Exporters reshape FC weights at run time (``Reshape(W[1,1,1000,1024], [1000,1024])``);
+    those are over any sensible per-tensor cap and still cost nothing to fold.
+    """
+    if node.op_type not in _RELAYOUT_OPS or node.domain not in ("", "ai.onnx") or not node.inputs:
+        return False
+    data = node.inputs[0]
+    if data is None or data.const_value is None or len(data.uses()) != 1:
+        return False
+    if data.is_graph_input() or data.is_graph_output():
+        return False
+    return all(v is None or v.const_value is not None for v in node.inputs[1:])
 
 
 def _strip_folded_from(model: ir.Model) -> None:

@@ -1,7 +1,10 @@
 """remove_noop_ops: remove operations that return their input unchanged.
 
-Rules: ``x*1``, ``1*x``, ``x+0``, ``0+x``, ``x-0``, ``x/1`` (ours, see below), and
-onnxscript's no-op Cast, no-op Expand, identity Transpose and Transpose∘Transpose. Each rule
+Rules: ``x*1``, ``1*x``, ``x+0``, ``0+x``, ``x-0``, ``x/1`` and Pad by zeros (ours, see
+below), and onnxscript's no-op Cast, no-op Expand, identity Transpose, Transpose∘Transpose,
+Reshape∘Reshape (merged into one Reshape) and whole-axis Slice; and a Reshape of a statically
+shaped input to its own shape (computed from the constant target, never from a declared
+output shape). Each rule
 turns the node into an Identity; the guarded Identity elimination of ``remove_identity``
 then bypasses it, and the two repeat until nothing changes.
 
@@ -81,11 +84,77 @@ def _broadcast_changes_shape(x: ir.Value, const_shape: tuple[int, ...]) -> str |
     return None
 
 
+def _zero_pad_rule():
+    from onnxscript.rewriter import RewriteRuleClassBase
+    from onnxscript.rewriter._basics import MatchResult
+
+    class ZeroPad(RewriteRuleClassBase):
+        """Pad by zero everywhere (any mode) returns its input."""
+
+        def pattern(self, op, x, pads):
+            return op.Pad(x, pads, _allow_other_inputs=True, _allow_other_attributes=True)
+
+        def check(self, context, x, pads) -> MatchResult:
+            tensor = ir.convenience.get_const_tensor(pads)
+            if tensor is None or np.any(tensor.numpy() != 0):
+                return MatchResult().fail("pads are not all constant zeros")  # the common case; not reported
+            return MatchResult()
+
+        def rewrite(self, op, x, pads):
+            return op.Identity(x)
+
+    return ZeroPad.rule(name="zero_pad")
+
+
+def _reshape_result(in_shape: tuple[int, ...], target: list[int], allowzero: bool) -> tuple[int, ...] | None:
+    """The shape Reshape produces from a static input shape and a constant target (None: invalid)."""
+    out = [in_shape[i] if (t == 0 and not allowzero and i < len(in_shape)) else t for i, t in enumerate(target)]
+    if out.count(-1) > 1:
+        return None
+    total = int(np.prod(in_shape))
+    if -1 in out:
+        known = int(np.prod([d for d in out if d != -1]))
+        if known == 0 or total % known:
+            return None
+        out[out.index(-1)] = total // known
+    return tuple(out) if int(np.prod(out)) == total else None
+
+
+def _noop_reshape_rule():
+    from onnxscript.rewriter import RewriteRuleClassBase
+    from onnxscript.rewriter._basics import MatchResult
+
+    class NoopReshape(RewriteRuleClassBase):
+        """Reshape of a statically shaped input to that same shape."""
+
+        def pattern(self, op, x, shape):
+            return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["out"])
+
+        def check(self, context, x, shape, out) -> MatchResult:
+            tensor = ir.convenience.get_const_tensor(shape)
+            if tensor is None or x.shape is None or not all(isinstance(d, int) for d in x.shape):
+                return MatchResult().fail("target or input shape not static")  # the common case; not reported
+            in_shape = tuple(int(d) for d in x.shape)
+            allowzero = bool(out.producer().attributes.get_int("allowzero", 0))
+            result = _reshape_result(in_shape, [int(t) for t in tensor.numpy().reshape(-1)], allowzero)
+            if result != in_shape:
+                return MatchResult().fail("reshapes to another shape")
+            return MatchResult()
+
+        def rewrite(self, op, x, shape, out):
+            return op.Identity(x)
+
+    return NoopReshape.rule(name="noop_reshape")
+
+
 def noop_rules(refused: dict) -> list:
     from onnxscript.rewriter.rules.common import (
+        collapse_slice2_rule,
+        collapse_slice_rule,
         no_op_cast_rule,
         no_op_expand_rule,
         no_op_transpose_rule,
+        reshape_reshape_rule,
         transpose_transpose_rule,
     )
 
@@ -95,17 +164,25 @@ def noop_rules(refused: dict) -> list:
         no_op_expand_rule,  # Expand to the shape it already has (shapes re-inferred first)
         no_op_transpose_rule,  # perm = (0, 1, ..., n-1)
         transpose_transpose_rule,  # inverse pair -> Identity, otherwise one Transpose
+        reshape_reshape_rule,  # Reshape(Reshape(x, a), b) -> Reshape(x, b) for a constant b
+        collapse_slice_rule,  # Slice [0:INT_MAX] or [0:dim] with step 1 over one axis
+        collapse_slice2_rule,  # Slice whose inferred output shape equals its input's
+        _zero_pad_rule(),  # Pad by zeros (opset >= 11: pads are an input)
+        _noop_reshape_rule(),  # Reshape to the input's own (inferred, static) shape
     ]
 
 
 class RemoveNoopOps(GraphPass):
-    """Remove no-op Mul/Add/Sub/Div by exact 1 or 0, no-op Cast/Expand/Transpose, inverse Transpose pairs."""
+    """Remove no-op Mul/Add/Sub/Div/Cast/Expand/Transpose/Slice/Pad; merge Transpose and Reshape pairs."""
 
     name = "remove_noop_ops"
     preconditions = (
         "the constant operand is exactly the neutral element everywhere and broadcasting it cannot "
         "change the other operand's shape (its non-1 dims match static dims); Cast to the input's own "
-        "dtype; Expand to the input's inferred shape; identity or mutually inverse Transpose permutations"
+        "dtype; Expand to the input's inferred shape; identity or mutually inverse Transpose permutations; "
+        "Reshape pairs whose outer target is constant; Slices whose inferred output shape is the input's; "
+        "Pads whose pads are all constant zeros; Reshapes whose constant target maps the input's inferred "
+        "static shape to itself"
     )
     max_rounds = 4
 

@@ -149,6 +149,17 @@ def randomize_constant_of_shape_weights(model: ir.Model, seed: int = 0) -> int:
     return replaced
 
 
+def drop_final_softmax(model: ir.Model) -> None:
+    """Compare logits: a random-weight classifier saturates its softmax to one-hot."""
+    for i, out in enumerate(model.graph.outputs):
+        node = out.producer()
+        if node is not None and node.op_type == "Softmax":
+            logits = node.inputs[0]
+            logits.type = out.type
+            model.graph.outputs[i] = logits
+            model.graph.remove(node, safe=True)
+
+
 def text_image(shape: tuple[int, int, int, int], seed: int) -> np.ndarray:
     """A PP-OCR-normalized NCHW batch of light pages with dark glyph-like strokes.
 

@@ -40,3 +40,30 @@ def test_leaves_initializers_that_are_graph_inputs():
     assert not modified
     assert set(out.graph.initializers) == {"w1", "w2"}
     assert any("graph inputs or outputs" in n for n in pass_.notes)
+
+
+def test_large_tensors_that_differ_only_in_the_middle_stay_apart():
+    # Same dtype, shape, first and last 64 KiB: only the full comparison tells them apart.
+    import numpy as np
+    import onnx_ir as ir
+
+    base = np.zeros(300_000, np.float32)
+    other = base.copy()
+    other[150_000] = 1.0
+    x = ir.Value(name="x", shape=ir.Shape([300_000]), type=ir.TensorType(ir.DataType.FLOAT))
+    inits = [
+        ir.Value(name=n, shape=ir.Shape(a.shape), type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(a, name=n))
+        for n, a in (("a", base), ("b", other), ("c", base.copy()))
+    ]
+    n1 = ir.node("Add", [x, inits[0]])
+    n2 = ir.node("Add", [n1.outputs[0], inits[1]])
+    n3 = ir.node("Add", [n2.outputs[0], inits[2]])
+    n3.outputs[0].name, n3.outputs[0].type = "y", ir.TensorType(ir.DataType.FLOAT)
+    n3.outputs[0].shape = ir.Shape([300_000])
+    graph = ir.Graph([x], n3.outputs, nodes=[n1, n2, n3], initializers=inits, opset_imports={"": 17}, name="g")
+    model = ir.Model(graph, ir_version=8)
+    pass_ = DeduplicateInitializers()
+    out, modified = apply(pass_, model)
+    assert modified
+    assert set(out.graph.initializers) == {"a", "b"}  # c merged into a; b differs in one value
+    assert_equivalent(model, out, shapes={"x": (300_000,)})

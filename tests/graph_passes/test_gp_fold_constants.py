@@ -155,3 +155,80 @@ def test_does_not_trust_a_wrong_declared_output_shape():
     out, _ = apply(FoldConstants(), model)
     assert_equivalent(model, out)
     assert list(out.graph.outputs[0].shape) == [3, 2]
+
+
+def _reshaped_weight_model(shared: bool) -> ir.Model:
+    # A 2 MiB FC weight stored [1,1,512,1024] and reshaped at run time, as old exporters do.
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1, 1, 512, 1024)).astype(np.float32)
+    x = ir.Value(name="x", shape=ir.Shape([2, 1024]), type=ir.TensorType(ir.DataType.FLOAT))
+    W = ir.Value(name="W", shape=ir.Shape(w.shape), type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(w, name="W"))
+    shape = ir.Value(name="s", shape=ir.Shape([2]), type=ir.TensorType(ir.DataType.INT64),
+                     const_value=ir.tensor(np.array([512, 1024], np.int64), name="s"))
+    reshape = ir.node("Reshape", [W, shape])
+    gemm = ir.node("Gemm", [x, reshape.outputs[0]], attributes={"transB": 1})
+    nodes = [reshape, gemm]
+    outputs = [gemm.outputs[0]]
+    if shared:  # the raw weight is also read elsewhere: folding would keep both copies
+        other = ir.node("ReduceSum", [W], attributes={"keepdims": 0})
+        nodes.append(other)
+        outputs.append(other.outputs[0])
+    for i, o in enumerate(outputs):
+        o.name, o.type = f"y{i}", ir.TensorType(ir.DataType.FLOAT)
+    graph = ir.Graph([x], outputs, nodes=nodes, initializers=[W, shape], opset_imports={"": 17}, name="g")
+    return ir.Model(graph, ir_version=8)
+
+
+def test_relayout_of_a_large_weight_folds_past_the_cap():
+    model = _reshaped_weight_model(shared=False)
+    pass_ = FoldConstants()
+    out, modified = apply(pass_, model)
+    assert modified
+    assert op_counts(out) == {"Gemm": 1}
+    assert live_weight_bytes(out) <= live_weight_bytes(model)
+    # Outputs are sums of 1024 N(0,1) products (scale ~1e3); ORT prepacks a constant Gemm
+    # weight and sums in another order, so compare against that scale.
+    assert_equivalent(model, out, rtol=1e-5, atol=1e-2)
+
+
+def test_relayout_of_a_shared_large_weight_is_left_alone():
+    model = _reshaped_weight_model(shared=True)
+    pass_ = FoldConstants()
+    out, _ = apply(pass_, model)
+    assert op_counts(out)["Reshape"] == 1
+    assert live_weight_bytes(out) == live_weight_bytes(model)
+    assert_equivalent(model, out)
+
+
+def test_if_with_a_constant_condition_is_inlined():
+    # Exporters leave `if training:` / shape checks as If nodes over constants; TensorRT
+    # builds both branches of an If, and quantizers skip their insides.
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) <bool c = {1}> {
+      y = If(c) <
+        then_branch = t () => (float[2,3] t_out) { t_out = Relu(x) },
+        else_branch = e () => (float[2,3] e_out) { e_out = Neg(x) }
+      >
+    }
+    """)
+    out, modified = apply(FoldConstants(), model)
+    assert modified
+    assert op_counts(out) == {"Relu": 1}
+    assert_equivalent(model, out)
+
+
+def test_if_with_a_runtime_condition_stays():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (bool c, float[2,3] x) => (float[2,3] y) {
+      y = If(c) <
+        then_branch = t () => (float[2,3] t_out) { t_out = Relu(x) },
+        else_branch = e () => (float[2,3] e_out) { e_out = Neg(x) }
+      >
+    }
+    """)
+    out, _ = apply(FoldConstants(), model)
+    assert op_counts(out)["If"] == 1
+    for c in (True, False):
+        assert_equivalent(model, out, feeds=[{"c": np.array(c), "x": np.arange(6, dtype=np.float32).reshape(2, 3) - 3}])

@@ -8,6 +8,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from gp_helpers import (
+    drop_final_softmax,
     check_valid,
     onnx_light_model,
     op_counts,
@@ -91,17 +92,6 @@ def test_verifier_needs_pinned_shapes_for_ppocr():
         Verifier(model)
 
 
-def _drop_final_softmax(model: ir.Model) -> None:
-    """Compare logits: a random-weight classifier saturates its softmax to one-hot."""
-    for i, out in enumerate(model.graph.outputs):
-        node = out.producer()
-        if node is not None and node.op_type == "Softmax":
-            logits = node.inputs[0]
-            logits.type = out.type
-            model.graph.outputs[i] = logits
-            model.graph.remove(node, safe=True)
-
-
 @pytest.mark.parametrize(
     "name, expect_gone",
     [("squeezenet", "Dropout"), ("shufflenet", "BatchNormalization"), ("inception_v2", "BatchNormalization")],
@@ -110,7 +100,7 @@ def test_onnx_zoo_graphs(name, expect_gone, tmp_path):
     original = load_model(onnx_light_model(name))
     assert original.ir_version == 3  # weights are graph inputs: the first pass unlocks the rest
     randomize_constant_of_shape_weights(original, seed=1)
-    _drop_final_softmax(original)
+    drop_final_softmax(original)
     records, optimized = _run_default_passes(original, tmp_path)
     assert expect_gone in op_counts(original) and expect_gone not in op_counts(optimized)
     assert optimized.ir_version == 4
@@ -120,3 +110,19 @@ def test_onnx_zoo_graphs(name, expect_gone, tmp_path):
     # Random weights under real BN statistics blow logits up to ~1e5; near their zero
     # crossings only the error against the output's scale is meaningful.
     _assert_close(run(optimized, feeds), run(original, feeds), elementwise=False)
+
+
+def test_ppocr_cls_at_opset_17_fuses_hard_swish(tmp_path):
+    # --opset 17 through onnx's converter, verified after every pass; then HardSwish (opset 14)
+    # replaces paddle's x * Clip(x + 3, 0, 6) / 6 in every block.
+    file, shape, other_shapes = PPOCR["cls"]
+    original = load_model(rapidocr_model(file))
+    model = original.clone()
+    records = run_passes(model, opset=17, verifier=Verifier(model.clone(), shapes={"x": shape}))
+    assert records[0].name == "convert_opset" and model.opset_imports[""] == 17
+    ops = op_counts(model)
+    assert ops["HardSwish"] == 18 and "Clip" not in ops and "Div" not in ops
+    optimized = load_model(save_model(model, tmp_path / "cls17.onnx"))
+    for seed, s in enumerate(other_shapes, start=20):
+        feeds = _feeds(s, seed)
+        _assert_close(run(optimized, feeds), run(original, feeds))

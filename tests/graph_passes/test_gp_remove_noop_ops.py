@@ -23,13 +23,21 @@ HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
         "t = Transpose<perm=[1,0]>(x)\n h = Transpose<perm=[1,0]>(t)",
         "h = Expand(x, shape23)",
         "a = Mul(x, one)\n b = Add(a, zero)\n h = Div(b, one)",
+        "h = Slice(x, zero1, big1, zero1, one1)",  # [0:INT_MAX] on axis 0
+        "h = Slice(x, zero1, three1, one1, one1)",  # [0:3] on axis 1, which has 3
+        "h = Pad(x, pads0)",
+        "h = Reshape(x, shape23)",
+        "h = Reshape(x, keep_m1)",  # [0, -1] on [2,3]
+        "h = Pad<mode=\"reflect\">(x, pads0)",
     ],
 )
 def test_removes_noop(body):
     model = parse(f"""
     {HEADER}
     g (float[2,3] x) => (float[2,3] y)
-    <float one = {{1.0}}, float zero = {{0.0}}, float[1,3] ones_row = {{1., 1., 1.}}, int64[2] shape23 = {{2, 3}}> {{
+    <float one = {{1.0}}, float zero = {{0.0}}, float[1,3] ones_row = {{1., 1., 1.}}, int64[2] shape23 = {{2, 3}},
+     int64[1] zero1 = {{0}}, int64[1] one1 = {{1}}, int64[1] three1 = {{3}}, int64[1] big1 = {{9223372036854775807}},
+     int64[4] pads0 = {{0, 0, 0, 0}}, int64[2] keep_m1 = {{0, -1}}> {{
       {body}
       y = Relu(h)
     }}
@@ -52,6 +60,19 @@ def test_noop_producing_graph_output_keeps_name():
     out, modified = apply(RemoveNoopOps(), model)
     assert modified and op_counts(out) == {"Relu": 1}
     assert [v.name for v in out.graph.outputs] == ["y"]
+    assert_equivalent(model, out)
+
+
+def test_reshape_pair_merges_into_one():
+    model = parse(f"""
+    {HEADER}
+    g (float[2,3,4] x) => (float[4,6] y) <int64[2] s1 = {{6, 4}}, int64[2] s2 = {{4, -1}}> {{
+      t = Reshape(x, s1)
+      y = Reshape(t, s2)
+    }}
+    """)
+    out, modified = apply(RemoveNoopOps(), model)
+    assert modified and op_counts(out) == {"Reshape": 1}
     assert_equivalent(model, out)
 
 
@@ -80,13 +101,17 @@ def test_transpose_pair_merges_into_one():
         ("2,3", "float[2,3]", "y = Mul(x, two)", None),
         ("2,3", "double[2,3]", "y = Cast<to=11>(x)", None),
         ("2,3", "float[3,2]", "y = Transpose<perm=[1,0]>(x)", None),
+        ("2,3", "float[2,2]", "y = Slice(x, zero1, two1, one1)", None),  # [0:2] of an axis of 3
+        ("2,3", "float[2,5]", "y = Pad(x, pads1)", None),
+        ("2,3", "float[3,2]", "y = Reshape(x, s32)", None),
     ],
 )
 def test_keeps_what_is_not_a_noop(x_shape, y_decl, body, reason):
     model = parse(f"""
     {HEADER}
     g (float[{x_shape}] x) => ({y_decl} y)
-    <float eps = {{1e-12}}, float two = {{2.0}},
+    <float eps = {{1e-12}}, float two = {{2.0}}, int64[1] zero1 = {{0}}, int64[1] one1 = {{1}},
+     int64[1] two1 = {{2}}, int64[4] pads1 = {{0, 1, 0, 1}}, int64[2] s32 = {{3, 2}},
      float[2,1,3] ones_3d = {{1.,1.,1.,1.,1.,1.}}, float[4,1] ones_col = {{1.,1.,1.,1.}}> {{
       {body}
     }}
@@ -125,4 +150,18 @@ def test_does_not_trust_a_wrong_declared_output_shape_for_expand():
     out, modified = apply(RemoveNoopOps(), model)
     assert not modified and op_counts(out)["Expand"] == 1
     assert [list(v.shape) for v in out.graph.outputs] == [[2, 3], [2, 3]]  # declarations kept
+    assert_equivalent(model, out)
+
+
+def test_does_not_trust_a_wrong_declared_shape_for_reshape():
+    # value_info claims h is [3,2], which would make Reshape(h, [3,2]) look like a no-op; h is [2,3].
+    model = parse(f"""
+    {HEADER}
+    g (float[2,3] x) => (float[3,2] y) <float[3,2] h, int64[2] s32 = {{3, 2}}> {{
+      h = Relu(x)
+      y = Reshape(h, s32)
+    }}
+    """)
+    out, modified = apply(RemoveNoopOps(), model)
+    assert not modified and op_counts(out)["Reshape"] == 1
     assert_equivalent(model, out)

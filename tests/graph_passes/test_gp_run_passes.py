@@ -147,8 +147,30 @@ def test_a_pass_that_changes_the_signature_is_rolled_back():
 def test_public_api():
     assert set(graph_passes.__all__) >= {"PassRecord", "available_passes", "DEFAULT_PASSES", "run_passes", "Verifier"}
     params = inspect.signature(run_passes).parameters
-    assert list(params) == ["model", "names", "skip", "verifier"]
-    assert params["skip"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(params) == ["model", "names", "skip", "verifier", "explain", "opset", "specialize"]
+    keyword_only = ("skip", "verifier", "explain", "opset", "specialize")
+    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in keyword_only)
+
+
+EXPLAINED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,2,4,4] x) => (float[1,2,4,4] y, float[1,2,4,4] z)
+<float[2,2,1,1] w = {1., 2., 3., 4.}, float[2,1,1] c = {0.5, -1.}> {
+  h = Conv(x, w)
+  y = Add(h, c)
+  z = Relu(h)
+}
+"""
+
+
+def test_explain_records_why_a_rule_refused():
+    # The Conv's output also feeds Relu: fold_conv_affine must refuse, and say so on request.
+    quiet = run_passes(parse(EXPLAINED), ["fold_conv_affine"])
+    assert quiet[0].refusals == [] and any("refused 1 matches" in n for n in quiet[0].notes)
+    (record,) = run_passes(parse(EXPLAINED), ["fold_conv_affine"], explain=True)
+    assert not record.modified
+    assert record.refusals == ["Add '': the Conv output is also read elsewhere"]
+    assert record.to_dict()["refusals"] == record.refusals
 
 
 def test_import_is_light():
