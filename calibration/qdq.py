@@ -9,10 +9,15 @@ inputs of the compute-heavy ops (Conv, Gemm, MatMul with a constant weight):
   scale, shared by every quantized node that reads the tensor;
 - biases and everything else stay float.
 
+For TensorRT, ``_plan_fusions`` adds its placement rules beyond the compute ops: the residual
+input of an Add fed by a quantized conv, the input of a pooling that feeds quantized nodes, and
+one shared scale for a Concat whose inputs and output are all quantized.
+
 The target picks the activation form: symmetric int8 (zero point 0) for TensorRT, asymmetric
 uint8 for ONNX Runtime's x86 U8S8 kernels, which also need a Q/DQ on the quantized node's
 output before ORT turns the node into an integer kernel. Nodes inside subgraphs (If/Loop
-bodies) are never quantized silently: the plan lists them as skipped with the reason.
+bodies) are never quantized silently: the plan lists them as skipped with the reason
+(``quantize`` first inlines Ifs whose condition is a constant, see ``calibration.subgraphs``).
 """
 
 from __future__ import annotations
@@ -45,12 +50,16 @@ class TargetFormat:
     symmetric_activations: bool
     # Also put Q/DQ on the outputs of quantized nodes (every reader then sees the DQ).
     quantize_outputs: bool
+    # Q/DQ on residual Adds and pooling inputs, shared Concat scales: TensorRT's fusion rules.
+    fusion_rules: bool = False
 
 
 TARGETS = {
     # TensorRT runs INT8 only in the symmetric form: zero point 0 everywhere. Inputs only:
     # TensorRT fuses the following Q into the producing kernel by itself.
-    "tensorrt": TargetFormat("tensorrt", ir.DataType.INT8, symmetric_activations=True, quantize_outputs=False),
+    "tensorrt": TargetFormat(
+        "tensorrt", ir.DataType.INT8, symmetric_activations=True, quantize_outputs=False, fusion_rules=True
+    ),
     # ORT's x86 kernels are fast for uint8 activations x int8 weights (U8S8); the asymmetric
     # range spends all 256 levels on one-sided tensors such as post-activation outputs. ORT
     # only turns DQ -> Conv into an integer QLinearConv when a Q follows the Conv, so the
@@ -82,17 +91,32 @@ class PlannedNode:
 
 
 @dataclass
+class FusionInput:
+    """An input of a non-compute op that gets Q/DQ so TensorRT can run or fuse that op in INT8."""
+
+    node: str
+    index: int
+    tensor: str
+    rule: str  # "residual-add" | "pooling"
+
+
+@dataclass
 class QdqPlan:
     target: str
     nodes: list[PlannedNode]
     skipped: dict[str, str]  # node name -> why it stays float
     total_weight_params: int  # constant weights of every Conv/Gemm/MatMul, quantized or not
+    fusion_inputs: list[FusionInput] = field(default_factory=list)
+    # Tensors that must share one scale (a Concat's inputs and output), so TensorRT can
+    # concatenate INT8 data without requantizing each input.
+    shared_scales: list[list[str]] = field(default_factory=list)
 
     @property
     def activations(self) -> list[str]:
-        """The activation tensors to calibrate, each once: inputs of quantized nodes, then outputs."""
+        """The activation tensors to calibrate, each once: inputs of quantized nodes, then outputs, then fusion inputs."""
         outputs = [p.output for p in self.nodes if p.output]
-        return list(dict.fromkeys([p.activation for p in self.nodes] + outputs))
+        fusion = [f.tensor for f in self.fusion_inputs]
+        return list(dict.fromkeys([p.activation for p in self.nodes] + outputs + fusion))
 
 
 @dataclass
@@ -112,6 +136,7 @@ def plan_qdq(
     target: str,
     op_types: Iterable[str] = SUPPORTED_OP_TYPES,
     exclude: Iterable[str] = (),
+    fusion: bool = True,
 ) -> QdqPlan:
     """Choose the nodes to quantize and say why every other Conv/Gemm/MatMul stays float.
 
@@ -155,7 +180,60 @@ def plan_qdq(
                     int(math.prod(weight.shape)), out.name if quantize_out else None,
                 )
             )
+    if fmt.fusion_rules and fusion:
+        _plan_fusions(model.graph, plan)
     return plan
+
+
+POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+
+
+def _is_float_activation(value: ir.Value | None) -> bool:
+    return value is not None and _const(value) is None and value.dtype in (None, ir.DataType.FLOAT)
+
+
+def _plan_fusions(graph: ir.Graph, plan: QdqPlan) -> None:
+    """TensorRT's placement rules beyond the compute ops (its "Q/DQ layer placement" guidance).
+
+    - residual Add: Conv -> Add(conv output, residual). With the residual quantized, TensorRT
+      fuses the Add into the conv's INT8 epilogue; without it, the Add runs as a separate
+      float layer and the conv output is written in float;
+    - pooling whose output only feeds quantized nodes: with its input quantized the pooling
+      runs in INT8 between the Q/DQ pairs instead of forcing a dequantize before it;
+    - Concat whose inputs and output are all quantized: one shared scale, so TensorRT can
+      concatenate INT8 data in place instead of requantizing each input.
+    """
+    planned = {p.node: p for p in plan.nodes}
+    activation_readers: dict[str, set[str]] = {}
+    for p in plan.nodes:
+        activation_readers.setdefault(p.activation, set()).add(p.node)
+    for node in graph:
+        if node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+            a, b = node.inputs
+            if not (_is_float_activation(a) and _is_float_activation(b)):
+                continue
+            fused = [
+                i for i, v in enumerate((a, b))
+                if (prod := v.producer()) is not None and prod.name in planned and len(v.uses()) == 1
+            ]
+            if not fused:
+                continue
+            # Both branches from quantized convs: TensorRT fuses the later one; the other is the residual.
+            residual = 1 - fused[-1] if len(fused) == 1 else 0
+            plan.fusion_inputs.append(FusionInput(node.name, residual, node.inputs[residual].name, "residual-add"))
+        elif node.op_type in POOLING_OPS and node.domain in ("", "ai.onnx") and _is_float_activation(node.inputs[0]):
+            out = node.outputs[0]
+            readers = {(u.node.name, u.idx) for u in out.uses()}
+            if readers and not out.is_graph_output() and all(
+                idx == 0 and name in activation_readers.get(out.name, ()) for name, idx in readers
+            ):
+                plan.fusion_inputs.append(FusionInput(node.name, 0, node.inputs[0].name, "pooling"))
+    quantized = set(plan.activations)
+    for node in graph:
+        if node.op_type == "Concat" and node.outputs[0].name in quantized:
+            tensors = [v.name for v in node.inputs if v is not None]
+            if tensors and all(t in quantized for t in tensors):
+                plan.shared_scales.append(list(dict.fromkeys(tensors + [node.outputs[0].name])))
 
 
 def _ensure_unique_node_names(model: ir.Model) -> None:
@@ -261,13 +339,20 @@ def activation_qparams(r: TensorRange, fmt: TargetFormat) -> tuple[np.float32, i
     return scale32, zero_point
 
 
-def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel int8 in [-127, 127]: (int8 weight, float32 scale per channel along ``axis``).
+def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-127, 127]: (int8 weight, float32 scales).
 
-    The narrow range keeps -128 unused so the quantized weight negates exactly, as TensorRT's
-    and ORT's symmetric kernels assume. An all-zero channel gets scale 1.
+    One scale per channel along ``axis``, or one scale (a 0-d array) for the whole tensor
+    when ``axis`` is None. The narrow range keeps -128 unused so the quantized weight negates
+    exactly, as TensorRT's and ORT's symmetric kernels assume. An all-zero channel gets scale 1.
     """
     weight = np.asarray(weight, dtype=np.float32)
+    if axis is None:
+        amax = np.max(np.abs(weight)) if weight.size else np.float32(0)
+        scale = np.asarray(amax / 127.0, dtype=np.float32)
+        if not scale >= np.finfo(np.float32).tiny:
+            scale = np.asarray(1.0, dtype=np.float32)
+        return np.clip(np.rint(weight / scale), -127, 127).astype(np.int8), scale
     other = tuple(i for i in range(weight.ndim) if i != axis)
     amax = np.max(np.abs(weight), axis=other)
     scale = (amax / 127.0).astype(np.float32)
@@ -281,8 +366,13 @@ def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
 # -- insertion ------------------------------------------------------------------------------
 
 
-def insert_qdq(model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *, target: str) -> QdqRecord:
-    """Write ``plan`` into ``model`` in place with the scales from ``ranges``; return what was done."""
+def insert_qdq(
+    model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *, target: str, per_channel: bool = True
+) -> QdqRecord:
+    """Write ``plan`` into ``model`` in place with the scales from ``ranges``; return what was done.
+
+    ``per_channel=False`` gives each weight one scale (per-tensor) instead of one per output channel.
+    """
     fmt = target_format(target)
     opset = model.opset_imports.get("", 0)
     if opset < MIN_OPSET:
@@ -298,6 +388,7 @@ def insert_qdq(model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *
 
     values = {v.name: v for v in graph.inputs} | {v.name: v for n in graph for v in n.outputs}
     quantized_outputs = {p.output for p in plan.nodes if p.output}
+    ranges = _share_ranges(ranges, plan.shared_scales)
     for tensor in plan.activations:
         if tensor not in ranges:
             raise CalibrationError(f"no calibrated range for activation '{tensor}'")
@@ -308,6 +399,7 @@ def insert_qdq(model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *
             uses = [(u.node, u.idx) for u in x.uses()]
         else:
             uses = [(nodes[p.node], 0) for p in plan.nodes if p.activation == tensor]
+            uses += [(nodes[f.node], f.index) for f in plan.fusion_inputs if f.tensor == tensor]
         scale, zero_point = activation_qparams(ranges[tensor], fmt)
         zp_array = np.array(zero_point, dtype=fmt.activation_dtype.numpy())
         s = _initializer(graph, names.new(f"{tensor}_scale"), np.array(scale, dtype=np.float32))
@@ -335,13 +427,13 @@ def insert_qdq(model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *
     for (weight_name, axis), users in by_weight.items():
         w = users[0].inputs[1]
         array = _const(w).numpy()
-        q_array, scales = quantize_weight(array, axis)
+        q_array, scales = quantize_weight(array, axis if per_channel else None)
         w_q = _initializer(graph, names.new(f"{weight_name}_int8"), q_array)
         s = _initializer(graph, names.new(f"{weight_name}_scale"), scales)
         zp = _initializer(graph, names.new(f"{weight_name}_zero_point"), np.zeros(scales.shape, dtype=np.int8))
         dq_out = ir.Value(name=names.new(f"{weight_name}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(array.shape))
         dq = ir.Node(
-            "", "DequantizeLinear", [w_q, s, zp], attributes=[ir.AttrInt64("axis", axis)],
+            "", "DequantizeLinear", [w_q, s, zp], attributes=[ir.AttrInt64("axis", axis)] if per_channel else [],
             outputs=[dq_out], name=names.new(f"{weight_name}_DequantizeLinear"),
         )
         graph.insert_before(min(users, key=order.__getitem__), dq)
@@ -351,6 +443,21 @@ def insert_qdq(model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *
         record.num_dq += 1
         record.quantized_weight_params += int(array.size)
     return record
+
+
+def _share_ranges(ranges: dict[str, TensorRange], groups: list[list[str]]) -> dict[str, TensorRange]:
+    """Ranges with every tensor of a group widened to the group's union (one scale for all)."""
+    if not groups:
+        return ranges
+    ranges = dict(ranges)
+    for group in groups:
+        members = [ranges[t] for t in group if t in ranges]
+        if not members:
+            continue
+        union = TensorRange(min(r.min for r in members), max(r.max for r in members), min(r.count for r in members))
+        for t in group:
+            ranges[t] = union
+    return ranges
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

@@ -2,9 +2,9 @@
 
 The tensors to calibrate are exposed as extra graph outputs and the model runs once per
 sample in ONNX Runtime on the CPU. Each tensor feeds a small collector that keeps only its
-summary (a running min/max for "max"), so memory stays bounded however many samples there
-are, and variable input shapes need no special care. A histogram collector for
-percentile/entropy/MSE slots in as another entry of ``COLLECTORS``.
+summary, so memory stays bounded however many samples there are, and variable input shapes
+need no special care: a running min/max for "max", a fixed-size streaming histogram
+(``calibration.histogram``) for "percentile", "entropy" and "mse".
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ from optimizer.model import input_specs, load_model, save_model, to_proto_bytes
 from optimizer.runners import OrtRunner
 
 from calibration.data import bind_source, sample_label
+from calibration.histogram import (
+    DEFAULT_BINS,
+    MagnitudeHistogram,
+    entropy_threshold,
+    mse_threshold,
+    percentile_threshold,
+)
 
 
 @dataclass
@@ -61,7 +68,74 @@ class MinMaxCollector:
         return TensorRange(self.min, self.max, self.count)
 
 
-COLLECTORS: dict[str, type] = {"max": MinMaxCollector}
+class HistogramCollector:
+    """Percentile / entropy / MSE: a streaming magnitude histogram, the clipping threshold chosen at the end.
+
+    ``symmetric`` (the TensorRT form) picks one threshold t on |x| and clips to [-t, t];
+    otherwise each sign gets its own threshold, so a one-sided tensor (after ReLU) spends all
+    255 uint8 levels on its one side. The result never widens the observed range.
+    """
+
+    method = ""
+
+    def __init__(self, *, percentile: float = 99.99, symmetric: bool = True, num_bins: int = DEFAULT_BINS, **_options) -> None:
+        if not 0 < percentile <= 100:
+            raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
+        self.percentile, self.symmetric = percentile, symmetric
+        self.hist = MagnitudeHistogram(num_bins)
+        self.count = 0
+
+    def update(self, values: np.ndarray) -> None:
+        self.count += 1
+        self.hist.update(values)
+
+    def result(self) -> TensorRange:
+        h = self.hist
+        if h.min > h.max:
+            return TensorRange(0.0, 0.0, self.count)
+        if h.amax == 0.0:
+            return TensorRange(h.min, h.max, self.count)
+        total = int(h.pos.sum() + h.neg.sum())
+        if self.symmetric:
+            t = self._threshold(h.pos + h.neg, h.width, total, levels=127)
+            return TensorRange(max(h.min, -t), min(h.max, t), self.count)
+        two_sided = h.min < 0 and h.max > 0
+        levels = 127 if two_sided else 255  # a one-sided tensor gets every uint8 level
+        hi = self._threshold(h.pos, h.width, total, levels) if h.max > 0 else 0.0
+        lo = self._threshold(h.neg, h.width, total, levels) if h.min < 0 else 0.0
+        return TensorRange(max(h.min, -lo), min(h.max, hi), self.count)
+
+    def _threshold(self, hist: np.ndarray, width: float, total: int, levels: int) -> float:
+        raise NotImplementedError
+
+
+class PercentileCollector(HistogramCollector):
+    """``method="percentile"``: clip the rarest (100 - percentile)% of the values."""
+
+    def _threshold(self, hist, width, total, levels):
+        return percentile_threshold(hist, width, self.percentile, total)
+
+
+class EntropyCollector(HistogramCollector):
+    """``method="entropy"``: TensorRT's KL-divergence calibration."""
+
+    def _threshold(self, hist, width, total, levels):
+        return entropy_threshold(hist, width, levels=levels + 1)
+
+
+class MseCollector(HistogramCollector):
+    """``method="mse"``: least expected squared quantization error."""
+
+    def _threshold(self, hist, width, total, levels):
+        return mse_threshold(hist, width, levels=levels)
+
+
+COLLECTORS: dict[str, type] = {
+    "max": MinMaxCollector,
+    "percentile": PercentileCollector,
+    "entropy": EntropyCollector,
+    "mse": MseCollector,
+}
 
 
 def collect_ranges(
@@ -71,11 +145,13 @@ def collect_ranges(
     *,
     method: str = "max",
     percentile: float = 99.99,
+    symmetric: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, TensorRange]:
     """Range of each tensor in ``tensor_names`` over every sample of ``source`` (one ORT pass).
 
     ``model`` is not modified: the extra outputs are added to a serialized copy.
+    ``symmetric`` tells the histogram methods that the range will be used as [-t, t].
     ``progress(done)`` is called after each sample.
     """
     if method not in COLLECTORS:
@@ -89,7 +165,7 @@ def collect_ranges(
         raise CalibrationError(f"cannot calibrate {unknown}: no such tensor in the main graph")
     # Graph inputs are read straight from the feeds; everything else becomes an extra output.
     fetched = [n for n in dict.fromkeys(tensor_names) if n not in graph_inputs]
-    collectors = {n: COLLECTORS[method](percentile=percentile) for n in dict.fromkeys(tensor_names)}
+    collectors = {n: COLLECTORS[method](percentile=percentile, symmetric=symmetric) for n in dict.fromkeys(tensor_names)}
 
     bind_source(source, input_specs(model))
     with _session_with_outputs(model, fetched) as runner:

@@ -90,8 +90,8 @@ def test_refusals_before_any_work(tmp_path):
     samples = uniform_samples({"x": (1, 16, 8, 8)}, 2)
     with pytest.raises(ConfigError, match="unknown quantization target"):
         quantize(tmp_path / "missing.onnx", tmp_path / "q.onnx", samples, target="tensorrt-int4")
-    with pytest.raises(ConfigError, match="method 'entropy'"):
-        quantize(src, tmp_path / "q.onnx", samples, method="entropy")
+    with pytest.raises(ConfigError, match="method 'kl'"):
+        quantize(src, tmp_path / "q.onnx", samples, method="kl")
     with pytest.raises(ConfigError, match="overwrite the input"):
         quantize(src, src, samples)
     bad = [dict(samples[0]), {"x": samples[1]["x"].astype(np.float16)}]
@@ -109,3 +109,41 @@ def test_quantized_model_is_valid_onnx(tmp_path):
     result = quantize(src, tmp_path / "q.onnx", uniform_samples({"x": (1, 16, 8, 8)}, 2), target="onnxruntime-cpu")
     onnx.checker.check_model(onnx.load(result.output_path), full_check=True)
     assert ir.load(result.output_path).graph.initializers["w_int8"].const_value.dtype == ir.DataType.INT8
+
+
+def test_per_tensor_weights(tmp_path):
+    """per_channel=False: one weight scale, no axis; with one loud channel the quiet ones lose precision."""
+    weights = dict(WEIGHTS, w=WEIGHTS["w"].copy())
+    weights["w"][0] *= 50  # one output channel 50x louder than the rest
+    src = save(model_from_text(CONV_SOFTMAX % 17, **weights), tmp_path / "m.onnx")
+    samples = uniform_samples({"x": (1, 16, 8, 8)}, 3)
+    per_tensor = quantize(src, tmp_path / "t.onnx", samples, per_channel=False)
+    per_channel = quantize(src, tmp_path / "c.onnx", samples)
+    assert not per_tensor.per_channel and per_channel.per_channel
+    dq = load_model(per_tensor.output_path).graph.node("w_DequantizeLinear")
+    assert "axis" not in dq.attributes and dq.inputs[1].const_value.numpy().shape == ()
+    scale = float(dq.inputs[1].const_value.numpy())
+    assert scale == pytest.approx(np.abs(weights["w"]).max() / 127, rel=1e-6)
+    ref = run(src, samples[1])["y"]
+    err_t = np.abs(run(load_model(per_tensor.output_path), samples[1])["y"] - ref)[:, 1:].max()
+    err_c = np.abs(run(load_model(per_channel.output_path), samples[1])["y"] - ref)[:, 1:].max()
+    assert err_t > 3 * err_c
+
+
+def test_constant_condition_if_is_inlined_and_quantized(tmp_path):
+    """An exporter's constant-flag If: the taken branch is spliced in and quantized, not skipped."""
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,16,8,8] x) => (float[N,16,8,8] z) {
+        flag = Constant <value = bool {1}> ()
+        [branch] z = If (flag) <
+            then_branch = t () => (float[N,16,8,8] ty) { [then_conv] ty = Conv <pads = [1,1,1,1]> (x, w) },
+            else_branch = e () => (float[N,16,8,8] ey) { [else_id] ey = Identity (x) }>
+    }"""
+    src = save(model_from_text(text, w=rand(16, 16, 3, 3)), tmp_path / "if.onnx")
+    samples = uniform_samples({"x": (1, 16, 8, 8)}, 3)
+    result = quantize(src, tmp_path / "q.onnx", samples)
+    assert result.inlined_ifs == 1 and result.quantized_nodes == ["branch_then_conv"] and result.skipped == {}
+    q = load_model(result.output_path)
+    assert "If" not in op_types(q) and "QuantizeLinear" in op_types(q)
+    ref, got = run(src, samples[1])["z"], run(q, samples[1])["z"]
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
