@@ -9,6 +9,7 @@ both end with one complete entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,8 +22,24 @@ from typing import Any
 _VERSIONED = ("trtforge", "onnx", "onnx-ir", "onnxscript", "onnxruntime", "numpy")
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of trtforge's own source files.
+
+    The package version does not change between development commits, yet a changed pass or
+    quantizer must not be answered from the cache with an old result.
+    """
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for package in ("optimizer", "graph_passes", "calibration"):
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    versions = {}
+    versions = {"trtforge-code": code_fingerprint()}
     for dist in _VERSIONED + extra:
         try:
             versions[dist] = importlib_metadata.version(dist)

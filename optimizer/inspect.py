@@ -35,6 +35,8 @@ class InspectReport:
     metadata_keys: list[str]
     parse_check: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: Conv/Gemm/MatMul nodes whose weight already satisfies 2:4 in TensorRT's layout (build with sparse weights).
+    weights_2_4: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,6 +62,12 @@ def _count_subgraphs(model: ir.Model) -> int:
         for a in node.attributes.values()
         if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
     )
+
+
+def _weights_2_4(model: ir.Model) -> list[str]:
+    from optimizer.pruning import weights_2_4
+
+    return [name for name, ok in weights_2_4(model).items() if ok]
 
 
 def inspect_model(path: str | Path, *, parse_check: bool = True, builder: str | None = None) -> InspectReport:
@@ -89,6 +97,7 @@ def inspect_model(path: str | Path, *, parse_check: bool = True, builder: str | 
         initializer_dtypes=dict(dtypes),
         external_data=[str(f.name) for f in external_data_files(model)],
         metadata_keys=sorted(dict(model.metadata_props)),
+        weights_2_4=_weights_2_4(model),
     )
     if domains:
         report.notes.append(f"custom op domains {domains}: TensorRT needs plugins for these")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from optimizer.cache import StageCache, cache_key, restore, tool_versions
-from optimizer.errors import ConfigError, InputError
+from optimizer.errors import ConfigError, InputError, ValidationError
 from optimizer.gates import check_syntax, evaluate_gates
 from optimizer.inspect import count_nodes
 from optimizer.model import content_hash, input_specs, load_model, metadata, save_model
@@ -108,7 +108,7 @@ class PassesStage(Stage):
         if cfg.verify:
             feeds = list(Limited(ctx.data.calib, 4)) if ctx.data.calib is not None else None
             verifier = Verifier(model, feeds=feeds, shapes=_opt_shapes(ctx.recipe))
-        records = run_passes(model, cfg.names, skip=cfg.skip, verifier=verifier)
+        records = run_passes(model, cfg.names, skip=cfg.skip, verifier=verifier, explain=cfg.explain, opset=cfg.opset)
         out = ctx.out_dir / f"{ctx.stem}.opt.onnx"
         save_model(model, out)
         after = count_nodes(model.graph)
@@ -128,6 +128,69 @@ class PassesStage(Stage):
         return [out], record
 
 
+class PruneStage(Stage):
+    """2:4 sparsity and/or channel pruning (``optimizer.pruning``), repaired on the calibration data."""
+
+    name = "prune"
+
+    def enabled(self, ctx):
+        cfg = ctx.recipe.prune
+        if not cfg.enabled:
+            return "disabled in the recipe"
+        if cfg.sparsity is None and cfg.channels is None and cfg.flops_target is None and cfg.max_error is None:
+            raise ConfigError(
+                "prune.enabled is true but no budget is set: give prune.sparsity: '2:4', prune.channels, "
+                "prune.flops_target or prune.max_error"
+            )
+        if cfg.max_error is not None and ctx.data.val is None:
+            raise ConfigError("prune.max_error is measured on validation data: pass --val DIR or set validate.data")
+        return None
+
+    def config(self, ctx):
+        cfg = dataclasses.asdict(ctx.recipe.prune)
+        cfg["data"] = ctx.data.calib_fingerprint["sha256"] if ctx.data.calib_fingerprint else None
+        if cfg["max_error"] is not None:  # the budget is checked on the validation data: its content counts
+            cfg["val_data"] = ctx.data.val_fingerprint["sha256"] if ctx.data.val_fingerprint else None
+        cfg["shapes"] = list(ctx.recipe.build.shapes)  # FLOPs without data are measured at the profile's opt shape
+        return cfg
+
+    def run(self, ctx, model_path):
+        from optimizer.pruning import prune
+
+        cfg = ctx.recipe.prune
+        out = ctx.out_dir / f"{ctx.stem}.pruned.onnx"
+        source = ctx.data.calib
+        total = min(len(source), cfg.max_samples or len(source)) if source is not None else 0
+        options = dict(
+            sparsity=cfg.sparsity,
+            source=source,
+            method=cfg.method,
+            criterion=cfg.criterion,
+            reconstruct=cfg.reconstruct,
+            exclude=cfg.exclude,
+            samples=cfg.max_samples,
+            input_shapes=_opt_shapes(ctx.recipe),
+        )
+        with ctx.progress.task("pruning statistics", total) as update:
+            if cfg.max_error is not None:
+                from optimizer.pruning import prune_within_error
+
+                result = prune_within_error(model_path, out, val=ctx.data.val, max_error=cfg.max_error, progress=update, **options)
+            else:
+                result = prune(model_path, out, channels=cfg.channels, flops_target=cfg.flops_target, progress=update, **options)
+        pruned = sum(1 for layer in result.layers if layer.action == "pruned")
+        groups = [g for g in result.groups if g.roots]
+        summary = {"FLOPs": f"{result.flops_before / 1e9:.3g}G → {result.flops_after / 1e9:.3g}G (-{result.flops_reduction:.1%})",
+                   "params": f"{result.params_before} → {result.nonzero_after} non-zero"}
+        if cfg.sparsity:
+            summary["2:4 layers"] = f"{pruned} ({result.sparse_flops_share:.0%} of FLOPs)"
+        if groups:
+            summary["channel groups cut"] = f"{sum(1 for g in groups if g.kept < g.channels)}/{len(groups)}"
+        record = StageRecord(name=self.name, status="ran", artifact=str(out), summary=summary, details=result.to_dict(),
+                             warnings=list(result.warnings))
+        return [out], record
+
+
 class PrecisionStage(Stage):
     name = "precision"
 
@@ -138,6 +201,9 @@ class PrecisionStage(Stage):
         cfg = dataclasses.asdict(ctx.recipe.precision)
         cfg.pop("calib")  # the data's content counts, not where it lies
         cfg["data"] = ctx.data.calib_fingerprint["sha256"] if ctx.data.calib_fingerprint else None
+        if cfg["budget"]:  # the budget is measured on the validation data with the task metric
+            cfg["val_data"] = ctx.data.val_fingerprint["sha256"] if ctx.data.val_fingerprint else None
+            cfg["metric"] = ctx.recipe.validate.metric
         return cfg
 
     def run(self, ctx, model_path):
@@ -145,22 +211,44 @@ class PrecisionStage(Stage):
 
         cfg = ctx.recipe.precision
         out = ctx.out_dir / f"{ctx.stem}.int8.onnx"
-        with ctx.progress.task("calibrating", len(ctx.data.calib)) as update:
-            result = quantize(
-                model_path,
-                out,
-                ctx.data.calib,
-                target=cfg.target,
-                method=cfg.method,
-                exclude=cfg.exclude,
-                progress=update,
-            )
+        budget = None
+        if cfg.budget:
+            from calibration.sensitivity import budget_metric, quantize_with_budget, report
+
+            if ctx.data.val is None:
+                raise ConfigError(f"precision.budget '{cfg.budget}' is measured on validation data: pass --val DIR")
+            val = list(ctx.data.val)
+            metric, higher = budget_metric(ctx.recipe.validate.metric, ctx.recipe.base_dir, ctx.data.val.labels, model_path)
+            with ctx.progress.task("budget search", None):
+                budget = quantize_with_budget(
+                    model_path, out, ctx.data.calib, val, budget=cfg.budget, metric=metric, higher_is_better=higher,
+                    target=cfg.target, method=cfg.method, per_channel=cfg.per_channel, percentile=cfg.percentile,
+                    exclude=cfg.exclude,
+                )
+            result = budget.quantize
+        else:
+            with ctx.progress.task("calibrating", len(ctx.data.calib)) as update:
+                result = quantize(
+                    model_path,
+                    out,
+                    ctx.data.calib,
+                    target=cfg.target,
+                    method=cfg.method,
+                    per_channel=cfg.per_channel,
+                    percentile=cfg.percentile,
+                    exclude=cfg.exclude,
+                    progress=update,
+                )
         details = dataclasses.asdict(result)
+        if budget is not None:
+            details["budget"] = report(budget)
         warnings = []
         if details.get("fingerprint", {}).get("synthetic"):
             warnings.append("calibrated on SYNTHETIC random data: accuracy numbers do not reflect real inputs")
         if result.skipped:
             warnings.append(f"{len(result.skipped)} Conv/Gemm/MatMul node(s) left in FP32 (see details.skipped)")
+        if budget is not None and not budget.met:
+            warnings.append(f"precision budget {budget.budget} NOT met even with {len(budget.kept)} layer(s) in FP32")
         record = StageRecord(
             name=self.name,
             status="ran",
@@ -171,6 +259,8 @@ class PrecisionStage(Stage):
                 "quantized nodes": len(result.quantized_nodes),
                 "INT8 weight share": round(result.quantized_weight_share, 4),
                 "samples": result.fingerprint.count,
+                **({"budget": f"{budget.budget} {'met' if budget.met else 'NOT met'}, {len(budget.kept)} layer(s) kept FP32"}
+                   if budget is not None else {}),
             },
             details=details,
             warnings=warnings,
@@ -198,36 +288,52 @@ class BuildStage(Stage):
         return None
 
     def config(self, ctx):
-        from optimizer.engine import available_builders, load_tensorrt
+        from optimizer.engine import BuildConfig, available_builders, load_tensorrt
+        from optimizer.engine.build import build_target
 
-        cfg = dataclasses.asdict(ctx.recipe.build)
-        trt, flavour = load_tensorrt(ctx.recipe.build.builder or available_builders()[0])
+        build = ctx.recipe.build
+        cfg = dataclasses.asdict(build)
+        trt, flavour = load_tensorrt(build.builder or available_builders()[0])
         cfg["builder_resolved"] = f"{flavour} {trt.__version__}"
+        # The hardware the engine is for (this GPU for datacenter TensorRT): a stage cache
+        # shared between machines must not hand one GPU's engine to another.
+        target_cfg = BuildConfig(compute_capabilities=tuple(build.compute_capabilities), hardware_compatibility=build.hardware_compatibility)
+        cfg["target"] = build_target(trt, flavour, target_cfg)
         return cfg
 
     def run(self, ctx, model_path):
-        from optimizer.engine import BuildConfig, build_engine, parse_shapes
+        from optimizer.engine import BuildConfig, build_engine, build_or_reuse, parse_shapes
+        from optimizer.engine.sparsity import two_four_sparse_weights
 
         cfg = ctx.recipe.build
-        profiles = [parse_shapes(cfg.shapes)] if cfg.shapes else []
-        timing_cache = ctx.cache.root.parent / "timing"
-        timing_cache.mkdir(parents=True, exist_ok=True)
+        profiles = ([parse_shapes(cfg.shapes)] if cfg.shapes else []) + [parse_shapes(p) for p in cfg.profiles]
         engine_path = ctx.out_dir / f"{ctx.stem}.engine"
         build_cfg = BuildConfig(
             profiles=profiles,
             workspace_mib=cfg.workspace_mib,
             optimization_level=cfg.optimization_level,
             expect=cfg.expect,
-            timing_cache=timing_cache / f"{cfg.builder or 'auto'}.cache",
+            compute_capabilities=tuple(cfg.compute_capabilities),
+            hardware_compatibility=cfg.hardware_compatibility,
+            # 2:4 weights (from the prune stage or the user's own pruning) turn sparse kernels on.
+            sparse_weights=cfg.sparse_weights or bool(two_four_sparse_weights(model_path)),
+            refit=cfg.refit,
+            strip_weights=cfg.strip_weights,
         )
         ctx.progress.info(f"building the engine from {model_path.name} ...")
-        result = build_engine(model_path, engine_path, build_cfg, builder=cfg.builder)
+        if cfg.engine_store:  # also gives datacenter TensorRT its timing cache per (version, GPU)
+            result = build_or_reuse(model_path, engine_path, build_cfg, builder=cfg.builder)
+        else:
+            from optimizer.engine.store import add_timing_cache
+
+            result = build_engine(model_path, engine_path, add_timing_cache(build_cfg, cfg.builder), builder=cfg.builder)
         precision = result.precision
         summary = {
             "builder": f"{result.builder} {result.version}",
             "engine MB": round(result.engine_bytes / 1e6, 2),
             "carries": ", ".join(precision.carries),
             "Q/DQ layers": precision.quantize_layers + precision.dequantize_layers,
+            "engine store": "hit" if result.store_hit else ("miss" if result.store_hit is False else "off"),
         }
         files = [Path(result.engine_path)]
         sidecar = Path(str(result.engine_path) + ".json")
@@ -237,7 +343,7 @@ class BuildStage(Stage):
         return files, record
 
 
-STAGES: list[Stage] = [PassesStage(), PrecisionStage(), BuildStage()]
+STAGES: list[Stage] = [PassesStage(), PruneStage(), PrecisionStage(), BuildStage()]
 
 
 def _opt_shapes(recipe: Recipe) -> dict[str, tuple[int, ...]] | None:
@@ -278,7 +384,7 @@ def _synthetic(specs, recipe: Recipe):
 
 def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[StageRecord, dict | None]:
     from optimizer.runners import OrtRunner
-    from optimizer.validate import MetricContext, compare, load_metric, measure_latency
+    from optimizer.validate import MetricContext, compare, load_metric, measure_latency, paired_speedup
 
     cfg = ctx.recipe.validate
     if ctx.data.val is None:
@@ -300,6 +406,17 @@ def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[S
             progress=update,
         )
     result["data"] = ctx.data.val_fingerprint
+    if cfg.noise_samples > 0:
+        from optimizer.validate import reference_noise
+
+        # The second configuration reorders float reductions (other thread count, ORT's fusions):
+        # the spread is the reference's own noise floor, the scale for 'error_to_noise'.
+        second = OrtRunner(reference, threads=2, optimization="all")
+        result["noise"] = reference_noise(
+            {f"ORT basic, {threads or 'default'} thread(s)": ref, "ORT all, 2 threads": second},
+            ctx.data.val,
+            cfg.noise_samples,
+        )
     if cfg.latency.enabled:
         feeds = list(Limited(ctx.data.val, cfg.latency.samples))
         # Timed at ONNX Runtime's default level ("all"), what a CPU deployment runs: only there
@@ -325,6 +442,9 @@ def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[S
             "reference": times["reference"],
             "candidate": times["candidate"],
             "p50_speedup": times["reference"]["p50_ms"] / times["candidate"]["p50_ms"],
+            # Iteration i of both models ran back to back on the same input: the median of the
+            # per-iteration ratios cancels slow drift (benchmarks/latency_resolution.py).
+            "paired_speedup": paired_speedup(times["reference"], times["candidate"]),
         }
         if ctx.recipe.precision.mode == "int8" and ctx.recipe.precision.target == "tensorrt":
             lat["note"] = (
@@ -367,6 +487,7 @@ def optimize(
     out_dir = Path(out_dir)
     all_gates = list(recipe.validate.gates) + list(gates)
     check_syntax(all_gates)
+    baseline = load_baseline(recipe.resolve(recipe.validate.baseline))
 
     model = load_model(model_path)
     specs = input_specs(model)
@@ -455,18 +576,72 @@ def optimize(
         report.validation = validation
     else:
         report.stages.append(StageRecord(name="validate", status="skipped", reason="no stage changed the model"))
-    report.gates = evaluate_gates(all_gates, report.validation)
+    report.gates = evaluate_gates(all_gates, report.validation, baseline.validation if baseline else None)
+    if current != model_path and report.validation is not None:
+        # The search compares against the precision stage's input: the graph the candidate was made from.
+        search_divergence(ctx, report, Path(report.artifacts.get("passes") or model_path), current)
     report.warnings.extend(ctx.warnings)
     if data.calib_fingerprint and data.calib_fingerprint.get("synthetic"):
         report.warnings.append("calibration used synthetic random data (--synthetic)")
     report.artifacts["report"] = str(out_dir / "report.json")
     report.artifacts["summary"] = str(out_dir / "report.md")
+    report.artifacts["html"] = str(out_dir / "report.html")
+    report.artifacts["junit"] = str(out_dir / "junit.xml")
     report.save(out_dir / "report.json")
+    write_renderings(report, out_dir)
+    return report
+
+
+def write_renderings(report: Report, out_dir: Path) -> None:
+    """report.md, report.html (self-contained, plots inline) and junit.xml (one testcase per gate)."""
+    from optimizer.html_report import to_html
+    from optimizer.junit import to_junit
     from optimizer.model import write_text_atomic
     from optimizer.report import to_markdown
 
     write_text_atomic(out_dir / "report.md", to_markdown(report))
-    return report
+    write_text_atomic(out_dir / "report.html", to_html(report))
+    write_text_atomic(out_dir / "junit.xml", to_junit(report))
+
+
+def load_baseline(path: Path | None) -> Report | None:
+    """A previous release's report; its validation record is what the *_regression gates compare with."""
+    if path is None:
+        return None
+    from optimizer.report import load_report
+
+    baseline = load_report(path)
+    if baseline.validation is None:
+        raise InputError(f"{path}: the baseline report has no validation results to compare with (run it with --val)")
+    return baseline
+
+
+def search_divergence(ctx: RunContext, report: Report, reference: Path, candidate: Path) -> None:
+    """First-divergent-layer search into ``report.validation['divergence']``, per validate.divergence."""
+    cfg = ctx.recipe.validate
+    if cfg.divergence == "never" or (cfg.divergence == "on-failure" and report.passed) or ctx.data.val is None:
+        return
+    from optimizer.divergence import divergence_to_dict, find_divergence
+
+    ctx.progress.info(f"searching the first divergent layer ({cfg.divergence_samples} samples, {cfg.divergence_chunk} tensors per session)")
+    try:
+        with ctx.progress.task("divergence search (chunks)", None) as update:
+            result = find_divergence(
+                reference,
+                candidate,
+                ctx.data.val,
+                chunk=cfg.divergence_chunk,
+                max_samples=cfg.divergence_samples,
+                progress=update,
+            )
+    except ValidationError as exc:
+        if cfg.divergence == "always":
+            raise
+        # On failure the gate verdict stands; an unrelated reference only costs the diagnosis.
+        report.warnings.append(f"divergence search not possible: {exc}")
+        return
+    # Every rendering (terminal, Markdown, HTML) shows it in its own section, with the fix.
+    report.validation["divergence"] = divergence_to_dict(result)
 
 
 def validate_only(
@@ -479,9 +654,17 @@ def validate_only(
     threads: int = 1,
     iterations: int = 30,
     progress: Progress | None = None,
+    baseline: str | Path | None = None,
+    divergence: str = "never",
+    divergence_samples: int = 2,
 ) -> Report:
-    """``trtforge validate``: the validation stage alone, on two existing models."""
+    """``trtforge validate``: the validation stage alone, on two existing models.
+
+    ``baseline``: a previous report.json (adds the *_regression gate metrics);
+    ``divergence``: "never" | "on-failure" | "always" run the first-divergent-layer search.
+    """
     check_syntax(list(gates))
+    previous = load_baseline(Path(baseline) if baseline else None)
     candidate, reference = Path(candidate), Path(reference)
     ref_model = load_model(reference)
     load_model(candidate)  # fail early and clearly on a bad candidate file
@@ -493,6 +676,9 @@ def validate_only(
     recipe.validate.latency.threads = threads
     recipe.validate.latency.iterations = iterations
     recipe.validate.latency.enabled = iterations > 0
+    recipe.validate.divergence = divergence
+    recipe.validate.divergence_samples = divergence_samples
+    recipe.validate.__post_init__()
     data = RunData()
     data.val, data.val_fingerprint = _open_data(Path(data_dir), specs, None)
     if metric and data.val.labels is None:
@@ -507,5 +693,6 @@ def validate_only(
         environment=environment(),
     )
     report.artifacts["candidate"] = str(candidate)
-    report.gates = evaluate_gates(list(gates), validation)
+    report.gates = evaluate_gates(list(gates), validation, previous.validation if previous else None)
+    search_divergence(ctx, report, reference, candidate)
     return report

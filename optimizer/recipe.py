@@ -29,6 +29,24 @@ class PassesConfig:
     names: list[str] | None = None  # None: graph_passes.DEFAULT_PASSES
     skip: list[str] = field(default_factory=list)
     verify: bool = True  # check outputs against the original after every pass
+    explain: bool = False  # record, per pass, each node a rule matched but refused, and why
+    opset: int | None = None  # upgrade the default-domain opset first (onnx version converter)
+
+
+@dataclass
+class PruneConfig:
+    """The prune stage (``optimizer.pruning``); off unless the recipe turns it on."""
+
+    enabled: bool = False
+    sparsity: str | None = None  # "2:4": TensorRT's structured sparsity on eligible Conv/Gemm/MatMul weights
+    channels: float | None = None  # fraction of each prunable channel group to remove
+    flops_target: float | None = None  # or: fraction of Conv/Gemm/MatMul FLOPs to remove
+    max_error: float | None = None  # or: largest FLOPs cut with relative output error <= this on the validation data
+    method: str = "auto"  # 2:4 mask: "magnitude" | "activation" | "obs"; auto: obs with data, else magnitude
+    criterion: str = "auto"  # channels: "l1" | "l2" | "activation"; auto: activation with data, else l2
+    reconstruct: bool = True  # least-squares repair from calibration data (uses precision.calib)
+    exclude: list[str] = field(default_factory=list)  # node-name globs left dense
+    max_samples: int | None = 32  # calibration samples used for statistics
 
 
 @dataclass
@@ -36,6 +54,11 @@ class PrecisionConfig:
     mode: str = "int8"  # "none" | "int8"
     target: str = "tensorrt"  # "tensorrt" | "onnxruntime-cpu"
     method: str = "max"
+    per_channel: bool = True  # False: one scale per weight tensor (per-tensor)
+    percentile: float = 99.99  # method "percentile": share of values kept inside the range
+    # e.g. "cer_increase<=0.1" (task metric, validate.metric) or "output_nrmse<=0.02": the most
+    # sensitive layers stay FP32 until the validation data meets it
+    budget: str | None = None
     calib: str | None = None  # folder of .npz/.npy samples
     max_samples: int | None = None
     synthetic: bool = False  # random calibration data, only when asked for by name
@@ -46,10 +69,17 @@ class PrecisionConfig:
 class BuildConfigSection:
     enabled: str = "auto"  # "auto": when a TensorRT module is installed; "yes": required; "no": skip
     builder: str | None = None  # "tensorrt" | "tensorrt-rtx"; None: whichever is installed
-    shapes: list[str] = field(default_factory=list)  # "input:min,opt,max" with dims joined by x
+    shapes: list[str] = field(default_factory=list)  # the first profile: "input:min,opt,max" per input, dims joined by x
+    profiles: list[str] = field(default_factory=list)  # more profiles, each "a:min,opt,max;b:min,opt,max"
     workspace_mib: int | None = None
     optimization_level: int | None = None
-    expect: str | None = None  # "int8" | "fp16" | "fp32": fail when the network does not carry it
+    expect: str | None = None  # "int8" | "fp16" | "bf16" | "fp8" | "fp32": fail when the network does not carry it
+    compute_capabilities: list[str] = field(default_factory=list)  # TensorRT-RTX targets, e.g. [SM86, SM89]
+    hardware_compatibility: str | None = None  # "ampere_plus" | "same_compute_capability"
+    sparse_weights: bool = False  # let TensorRT use 2:4 sparse kernels
+    refit: bool = False  # weights can be replaced in the built engine
+    strip_weights: bool = False  # weights left out of the plan, refit from the ONNX at deployment
+    engine_store: bool = True  # reuse an identical earlier build from the engine store
 
 
 @dataclass
@@ -69,6 +99,19 @@ class ValidateConfig:
     metric: str | None = None  # "path/to/file.py:function" (executes that file: the recipe's explicit choice)
     gates: list[str] = field(default_factory=list)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    baseline: str | None = None  # a previous release's report.json: enables the *_regression gate metrics
+    # The reference against itself under a second ORT configuration (2 threads, level "all"):
+    # its spread is the noise floor behind the error_to_noise gate metric. 0 turns it off.
+    noise_samples: int = 8
+    divergence: str = "on-failure"  # first-divergent-layer search: "never" | "on-failure" | "always"
+    divergence_samples: int = 2  # inputs the search runs, each once per chunk; 2 fix the sample (benchmarks/divergence_sample.py)
+    divergence_chunk: int = 32  # intermediate tensors exposed per ORT session: bounds memory
+
+    def __post_init__(self) -> None:
+        if self.divergence not in ("never", "on-failure", "always"):
+            raise ConfigError(f"recipe: 'validate.divergence' is {self.divergence!r}; choose one of: never, on-failure, always")
+        if self.divergence_chunk < 1 or self.divergence_samples < 1:
+            raise ConfigError("recipe: 'validate.divergence_chunk' and 'validate.divergence_samples' must be >= 1")
 
 
 @dataclass
@@ -76,6 +119,7 @@ class Recipe:
     version: int = RECIPE_VERSION
     name: str | None = None
     passes: PassesConfig = field(default_factory=PassesConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     build: BuildConfigSection = field(default_factory=BuildConfigSection)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -97,11 +141,15 @@ class Recipe:
 _CHOICES = {
     "precision.mode": ("none", "int8"),
     "precision.target": ("tensorrt", "onnxruntime-cpu"),
-    "precision.method": ("max",),
+    "precision.method": ("max", "percentile", "entropy", "mse"),
+    "prune.sparsity": (None, "2:4"),
+    "prune.method": ("auto", "magnitude", "activation", "obs"),
+    "prune.criterion": ("auto", "l1", "l2", "activation"),
     "build.enabled": ("auto", "yes", "no"),
     "validate.latency.ort_level": ("disable", "basic", "extended", "all"),
     "build.builder": (None, "tensorrt", "tensorrt-rtx"),
-    "build.expect": (None, "int8", "fp16", "fp32"),
+    "build.expect": (None, "int8", "fp16", "bf16", "fp8", "fp32"),
+    "build.hardware_compatibility": (None, "ampere_plus", "same_compute_capability"),
 }
 
 

@@ -60,3 +60,10 @@ def test_disabled_cache_never_hits(tmp_path):
     cache.put("s", "k", [art], {})
     assert cache.get("s", "k") is None
     assert cache.clear() == 0
+
+
+def test_versions_include_the_code_itself():
+    from optimizer.cache import code_fingerprint, tool_versions
+
+    versions = tool_versions()
+    assert versions["trtforge-code"] == code_fingerprint() and len(code_fingerprint()) == 64
