@@ -33,7 +33,7 @@ from calibration.qdq import (
 from calibration.stats import COLLECTORS, TensorRange, collect_ranges
 from calibration.subgraphs import inline_constant_ifs
 from optimizer.errors import CalibrationError, ConfigError, InputError
-from optimizer.model import input_specs, load_model, save_model, to_proto_bytes
+from optimizer.model import input_specs, load_model, refuse_overwrite, save_model, to_proto_bytes
 from optimizer.runners import OrtRunner
 
 __all__ = [
@@ -103,8 +103,7 @@ def quantize(
     if opset_min < MIN_OPSET:
         raise ConfigError(f"opset_min must be >= {MIN_OPSET} (per-channel DequantizeLinear), got {opset_min}")
     model_path, output_path = Path(model_path), Path(output_path)
-    if output_path.exists() and model_path.exists() and output_path.resolve() == model_path.resolve():
-        raise ConfigError(f"{output_path}: the output would overwrite the input model; choose another path")
+    refuse_overwrite(model_path, output_path)
 
     model = load_model(model_path)
     fingerprint = validate_source(source, input_specs(model))

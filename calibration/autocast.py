@@ -30,7 +30,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 from calibration.data import validate_source
 from calibration.stats import collect_ranges
 from optimizer.errors import CalibrationError, ConfigError
-from optimizer.model import input_specs, load_model, save_model, to_proto_bytes
+from optimizer.model import input_specs, load_model, refuse_overwrite, save_model, to_proto_bytes
 from optimizer.runners import OrtRunner
 
 LOW_DTYPES = {"float16": ir.DataType.FLOAT16, "bfloat16": ir.DataType.BFLOAT16}
@@ -84,8 +84,7 @@ def autocast(
         raise ConfigError(f"range_fraction must be in (0, 1], got {range_fraction}")
     low = LOW_DTYPES[dtype]
     model_path, output_path = Path(model_path), Path(output_path)
-    if output_path.exists() and model_path.exists() and output_path.resolve() == model_path.resolve():
-        raise ConfigError(f"{output_path}: the output would overwrite the input model; choose another path")
+    refuse_overwrite(model_path, output_path)
     model = load_model(model_path)
     if source is not None:
         validate_source(source, input_specs(model))

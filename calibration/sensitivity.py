@@ -36,7 +36,7 @@ from calibration.opset import upgrade_opset
 from calibration.qdq import MIN_OPSET, insert_qdq, plan_qdq, target_format
 from calibration.stats import collect_ranges
 from calibration.subgraphs import inline_constant_ifs
-from optimizer.errors import CalibrationError, ConfigError
+from optimizer.errors import CalibrationError, ConfigError, ValidationError
 from optimizer.model import input_specs, load_model
 from optimizer.runners import OrtRunner
 
@@ -65,7 +65,11 @@ def parse_budget(text: str) -> Budget:
     m = _BUDGET.match(text)
     if not m:
         raise ConfigError(f"budget '{text}': expected 'name<=number', e.g. 'cer_increase<=0.1' or 'output_nrmse<=0.02'")
-    key, limit = m.group(1), float(m.group(2))
+    key = m.group(1)
+    try:
+        limit = float(m.group(2))
+    except ValueError:
+        raise ConfigError(f"budget '{text}': '{m.group(2)}' is not a number") from None
     if key not in OUTPUT_ERRORS and not key.endswith(("_increase", "_drop")):
         raise ConfigError(
             f"budget '{text}': '{key}' is neither <metric>_increase, <metric>_drop nor one of {list(OUTPUT_ERRORS)}"
@@ -241,7 +245,13 @@ def budget_metric(spec: str | None, base_dir, labels, reference_model) -> tuple[
     if labels is None:
         raise ConfigError(f"the task metric '{spec}' needs labels: the validation folder has no labels.json")
     context = MetricContext(metadata=metadata(load_model(reference_model)))
-    return (lambda outputs: float(task.fn(outputs, list(labels), context))), task.higher_is_better
+    def score(outputs) -> float:
+        try:
+            return float(task.fn(outputs, list(labels), context))
+        except Exception as exc:  # the user's code: one clear line, as validation reports it
+            raise ValidationError(f"task metric '{task.name}' raised {type(exc).__name__}: {exc}") from None
+
+    return score, task.higher_is_better
 
 
 def _proto(data: bytes):

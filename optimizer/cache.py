@@ -117,15 +117,11 @@ class StageCache:
 
 def restore(entry: Path, names: list[str], out_dir: Path) -> list[Path]:
     """Copy cached artifact files into ``out_dir`` (atomically per file)."""
+    from optimizer.model import atomic_output
+
     restored = []
     for name in names:
-        target = out_dir / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
-        os.close(fd)
-        try:
+        with atomic_output(out_dir / name) as tmp:
             shutil.copyfile(entry / name, tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        restored.append(target)
+        restored.append(out_dir / name)
     return restored

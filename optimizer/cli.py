@@ -84,7 +84,7 @@ def inspect(model: Path, as_json: bool, parse_check: bool, builder: str | None) 
 @click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Recipe YAML (defaults apply without one).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration data folder (.npz/.npy).")
 @click.option("--val", type=click.Path(path_type=Path), default=None, help="Validation data folder (.npz/.npy, labels.json).")
-@click.option("--precision", type=click.Choice(["int8", "none"]), default=None, help="Override the recipe's precision mode.")
+@click.option("--precision", type=click.Choice(["int8", "fp16", "bf16", "none"]), default=None, help="Override the recipe's precision mode (INT8 Q/DQ, or FP16/BF16 Casts).")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime-cpu"]), default=None, help="Q/DQ form: TensorRT's (default) or ORT CPU's.")
 @click.option("--gate", "gates", multiple=True, help="Release gate, e.g. 'cer_increase<=0.5' (repeatable).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage.")
@@ -201,8 +201,9 @@ def passes(model, out_path, names, skip, verify, shapes, list_passes, explain, o
     if model is None or out_path is None:
         raise ConfigError("give a MODEL and -o OUT.onnx (or --list)")
     from optimizer.inspect import count_nodes
-    from optimizer.model import load_model, save_model
+    from optimizer.model import load_model, refuse_overwrite, save_model
 
+    refuse_overwrite(model, out_path)
     loaded = load_model(model)
     before = count_nodes(loaded.graph)
     fixed = _parse_fixed_shapes(shapes)
@@ -511,8 +512,8 @@ def check_engine(engine: Path) -> None:
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Validation data folder (.npz/.npy, labels.json).")
 @click.option("--metric", default=None, help="Task metric 'file.py:function' (executes that file).")
 @click.option("--gate", "gates", multiple=True, help="e.g. 'cer_increase<=0.5' (repeatable).")
-@click.option("--threads", type=int, default=1, show_default=True)
-@click.option("--iterations", type=int, default=30, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--no-latency", is_flag=True)
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Write report JSON here.")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,

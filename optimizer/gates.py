@@ -20,7 +20,12 @@ def parse_gate(expression: str) -> tuple[str, str, float]:
     match = _GATE.match(expression)
     if not match:
         raise ConfigError(f"gate '{expression}': expected 'metric<=number' (operators <=, >=, <, >, ==), e.g. 'cer_increase<=0.5'")
-    name, op, number, _percent = match.groups()
+    name, op, number, percent = match.groups()
+    if percent:
+        raise ConfigError(
+            f"gate '{expression}': write the threshold in the metric's own unit, without '%' "
+            f"(task metrics in percent, like cer, are already in points: 'cer_increase<=0.5')"
+        )
     try:
         value = float(number)
     except ValueError:
@@ -35,6 +40,7 @@ def gate_metrics(validation: dict[str, Any] | None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     outputs = validation.get("outputs", [])
     if outputs:
+        metrics["nonfinite_values"] = sum(o.get("nonfinite", 0) for o in outputs)
         metrics["max_abs_error"] = max(o["max_abs"] for o in outputs)
         metrics["max_rel_error"] = max(o["max_rel"] for o in outputs)
         metrics["min_cosine"] = min(o["cosine_min"] for o in outputs)
@@ -112,5 +118,9 @@ def evaluate_gates(
         value = metrics[name]
         passed = bool(_OPS[op](value, threshold)) and not math.isnan(value)
         message = f"{name} = {value:.4g}, required {op} {threshold:g}"
+        if metrics.get("nonfinite_values"):
+            # No gate passes a candidate that computes NaN/Inf, whatever the gate measures.
+            passed = False
+            message += f"; the candidate produced {int(metrics['nonfinite_values'])} NaN/Inf values"
         results.append(GateResult(expression=expression, metric=name, value=value, passed=passed, message=message))
     return results

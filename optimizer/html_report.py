@@ -118,7 +118,7 @@ def _plot(fn, *args) -> str:
     try:
         return fn(*args)
     except ImportError:
-        return '<p class="warn">plots need matplotlib: pip install "trtforge[dev]"</p>'
+        return '<p class="warn">plots need matplotlib: pip install "trtforge[report]"</p>'
 
 
 # ---------------------------------------------------------------- sections

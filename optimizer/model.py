@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from optimizer.errors import InputError
+from optimizer.errors import ConfigError, InputError
 
 # Tensors at least this large go to the external-data file when a model is saved with one.
 EXTERNAL_DATA_THRESHOLD = 1024
@@ -178,18 +178,63 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     return path
 
 
+def artifact_files(path: str | os.PathLike) -> list[Path]:
+    """A saved model's files: the model first, then the external-data files it references.
+
+    Whatever copies a model (the stage cache) must copy these together, or a >2 GB model
+    arrives without its weights.
+    """
+    path = Path(path)
+    return [path, *external_data_files(load_model(path))]
+
+
+def refuse_overwrite(source: str | os.PathLike, output: str | os.PathLike) -> None:
+    """ConfigError when ``output`` is ``source`` itself: the input file is never modified."""
+    source, output = Path(source), Path(output)
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise ConfigError(f"{output}: the output would overwrite the input model; choose another path")
+
+
+def _temp_beside(path: Path, suffix: str = "") -> Path:
+    """An empty temporary file next to ``path`` (same file system, so a rename is atomic).
+
+    mkstemp makes the file private (0600); reports and engines get the usual mode instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
+def write_files_atomic(pairs: list[tuple[Path, bytes | memoryview]]) -> None:
+    """Write every file to a temporary name, then rename them all in the given order.
+
+    A failure while writing leaves no temporary file and every destination as it was.
+    """
+    temps: list[Path] = []
+    try:
+        for path, data in pairs:
+            tmp = _temp_beside(Path(path))
+            temps.append(tmp)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, (path, _) in zip(temps, pairs):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file private (0600); a report or engine should get the usual mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    tmp_path = _temp_beside(path, suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -207,6 +252,12 @@ def _hash_file(h: "hashlib._Hash", path: Path) -> None:
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    _hash_file(h, Path(path))
+    return h.hexdigest()
 
 
 def content_hash(path: str | os.PathLike) -> str:

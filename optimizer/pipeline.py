@@ -9,7 +9,9 @@ work. Validation is never cached: it is the gate, and it measures this machine, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import shlex
 import sys
 import time
@@ -21,7 +23,7 @@ from optimizer.cache import StageCache, cache_key, restore, tool_versions
 from optimizer.errors import ConfigError, InputError, ValidationError
 from optimizer.gates import check_syntax, evaluate_gates
 from optimizer.inspect import count_nodes
-from optimizer.model import content_hash, input_specs, load_model, metadata, save_model
+from optimizer.model import artifact_files, content_hash, input_specs, load_model, metadata, save_model
 from optimizer.progress import Progress
 from optimizer.recipe import Recipe
 from optimizer.report import Report, StageRecord, environment
@@ -35,6 +37,8 @@ class RunData:
     calib_fingerprint: dict | None = None
     val: Any | None = None
     val_fingerprint: dict | None = None
+    metric: Any | None = None  # the loaded TaskMetric (its file executed once, before any stage)
+    metric_sha256: str | None = None
 
 
 @dataclass
@@ -96,6 +100,7 @@ class PassesStage(Stage):
     def config(self, ctx):
         cfg = dataclasses.asdict(ctx.recipe.passes)
         cfg["verify_data"] = ctx.data.calib_fingerprint["sha256"] if (cfg["verify"] and ctx.data.calib_fingerprint) else None
+        cfg["verify_shapes"] = list(ctx.recipe.build.shapes) if cfg["verify"] else None  # the verifier's input dims
         return cfg
 
     def run(self, ctx, model_path):
@@ -125,7 +130,7 @@ class PassesStage(Stage):
                 "order": cfg.names or DEFAULT_PASSES,
             },
         )
-        return [out], record
+        return artifact_files(out), record
 
 
 class PruneStage(Stage):
@@ -188,28 +193,36 @@ class PruneStage(Stage):
             summary["channel groups cut"] = f"{sum(1 for g in groups if g.kept < g.channels)}/{len(groups)}"
         record = StageRecord(name=self.name, status="ran", artifact=str(out), summary=summary, details=result.to_dict(),
                              warnings=list(result.warnings))
-        return [out], record
+        return artifact_files(out), record
 
 
 class PrecisionStage(Stage):
     name = "precision"
 
     def enabled(self, ctx):
-        return "precision mode is 'none'" if ctx.recipe.precision.mode == "none" else None
+        cfg = ctx.recipe.precision
+        if cfg.mode == "none":
+            return "precision mode is 'none'"
+        if cfg.budget and ctx.data.val is None:
+            raise ConfigError(f"precision.budget '{cfg.budget}' is measured on validation data: pass --val DIR or set validate.data")
+        return None
 
     def config(self, ctx):
         cfg = dataclasses.asdict(ctx.recipe.precision)
         cfg.pop("calib")  # the data's content counts, not where it lies
         cfg["data"] = ctx.data.calib_fingerprint["sha256"] if ctx.data.calib_fingerprint else None
-        if cfg["budget"]:  # the budget is measured on the validation data with the task metric
-            cfg["val_data"] = ctx.data.val_fingerprint["sha256"] if ctx.data.val_fingerprint else None
-            cfg["metric"] = ctx.recipe.validate.metric
+        if cfg["budget"]:  # the budget is measured on the validation data (and labels) with the task metric
+            fp = ctx.data.val_fingerprint or {}
+            cfg["val_data"] = (fp.get("sha256"), fp.get("labels_sha256"))
+            cfg["metric"] = (ctx.recipe.validate.metric, ctx.data.metric_sha256)
         return cfg
 
     def run(self, ctx, model_path):
+        cfg = ctx.recipe.precision
+        if cfg.mode in ("fp16", "bf16"):
+            return self._autocast(ctx, model_path)
         from calibration import quantize
 
-        cfg = ctx.recipe.precision
         out = ctx.out_dir / f"{ctx.stem}.int8.onnx"
         budget = None
         if cfg.budget:
@@ -265,7 +278,33 @@ class PrecisionStage(Stage):
             details=details,
             warnings=warnings,
         )
-        return [out], record
+        return artifact_files(out), record
+
+
+    def _autocast(self, ctx, model_path):
+        """FP16/BF16 through Casts in the graph (TensorRT 11 is strongly typed: no builder flag does this)."""
+        from calibration.autocast import autocast
+
+        cfg = ctx.recipe.precision
+        out = ctx.out_dir / f"{ctx.stem}.{cfg.mode}.onnx"
+        dtype = {"fp16": "float16", "bf16": "bfloat16"}[cfg.mode]
+        # With calibration data, tensors observed beyond the low dtype's range stay FP32.
+        result = autocast(model_path, out, dtype=dtype, keep_fp32_nodes=cfg.exclude, source=ctx.data.calib)
+        warnings = [] if result.ranges_observed else ["no calibration data: FP32 islands chosen by op type only, not by observed ranges"]
+        record = StageRecord(
+            name=self.name,
+            status="ran",
+            artifact=str(out),
+            summary={
+                "mode": cfg.mode,
+                "lowered share": round(result.lowered_share, 4),
+                "kept FP32": len(result.kept_fp32),
+                "Casts": result.num_casts,
+            },
+            details=dataclasses.asdict(result),
+            warnings=warnings,
+        )
+        return artifact_files(out), record
 
 
 class BuildStage(Stage):
@@ -368,8 +407,15 @@ def _open_data(folder: Path | None, specs, limit: int | None):
     folder_source = NpzFolderSource(folder)
     bind_source(folder_source, specs)  # .npy samples learn the input name before any wrapping
     source = Limited(folder_source, limit)
-    fingerprint = validate_source(source, specs)
-    return source, dataclasses.asdict(fingerprint)
+    fingerprint = dataclasses.asdict(validate_source(source, specs))
+    if source.labels is not None:  # labels decide task metrics and budgets: they belong in cache keys
+        fingerprint["labels_sha256"] = hashlib.sha256(json.dumps(source.labels, default=str).encode()).hexdigest()
+    return source, fingerprint
+
+
+def _metric_sha256(recipe: Recipe) -> str:
+    path = recipe.resolve(recipe.validate.metric.rpartition(":")[0])
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _synthetic(specs, recipe: Recipe):
@@ -390,7 +436,7 @@ def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[S
     if ctx.data.val is None:
         return StageRecord(name="validate", status="skipped", reason="no validation data (--val DIR or validate.data)"), None
     start = time.perf_counter()
-    metric = load_metric(cfg.metric, ctx.recipe.base_dir) if cfg.metric else None
+    metric = ctx.data.metric or (load_metric(cfg.metric, ctx.recipe.base_dir) if cfg.metric else None)
     ref_model = load_model(reference)
     threads = cfg.latency.threads
     ref = OrtRunner(reference, threads=threads)
@@ -517,6 +563,14 @@ def optimize(
     data.val, data.val_fingerprint = _open_data(val_dir, specs, recipe.validate.max_samples)
     if recipe.validate.metric and data.val is not None and data.val.labels is None:
         raise InputError(f"{val_dir}: the task metric needs labels, but the folder has no labels.json")
+    if all_gates and data.val is None:
+        raise ConfigError(f"gates {all_gates} are checked on validation data: pass --val DIR or set validate.data")
+    if recipe.validate.metric and data.val is not None:
+        # A bad metric path or a metric file that fails to import stops the run before any stage.
+        from optimizer.validate import load_metric
+
+        data.metric = load_metric(recipe.validate.metric, recipe.base_dir)
+        data.metric_sha256 = _metric_sha256(recipe)
 
     ctx = RunContext(
         recipe=recipe,
@@ -541,6 +595,7 @@ def optimize(
     versions = tool_versions(("tensorrt", "tensorrt-rtx"))
     current = model_path
     current_hash = model_info["sha256"]
+    precision_input = model_path
     for stage in STAGES:
         reason = skip_reasons[stage.name]
         if reason is not None:
@@ -566,11 +621,17 @@ def optimize(
             progress.info(f"{stage.name}: done in {record.seconds:.1f}s")
         report.stages.append(record)
         report.artifacts[stage.name] = record.artifact
+        if stage.name == "precision":
+            precision_input = current
         if stage.produces_model:
             current = Path(record.artifact)
             current_hash = content_hash(current)
 
-    if current != model_path:
+    if current != model_path and recipe.precision.mode == "bf16":
+        report.stages.append(
+            StageRecord(name="validate", status="skipped", reason="ONNX Runtime's CPU kernels have no BF16: validate the engine on a GPU")
+        )
+    elif current != model_path:
         record, validation = validate_stage(ctx, model_path, current)
         report.stages.append(record)
         report.validation = validation
@@ -578,8 +639,9 @@ def optimize(
         report.stages.append(StageRecord(name="validate", status="skipped", reason="no stage changed the model"))
     report.gates = evaluate_gates(all_gates, report.validation, baseline.validation if baseline else None)
     if current != model_path and report.validation is not None:
-        # The search compares against the precision stage's input: the graph the candidate was made from.
-        search_divergence(ctx, report, Path(report.artifacts.get("passes") or model_path), current)
+        # The search compares against the precision stage's input: the graph the candidate was made
+        # from (after passes and pruning), so only precision changes are blamed on quantized nodes.
+        search_divergence(ctx, report, precision_input, current)
     report.warnings.extend(ctx.warnings)
     if data.calib_fingerprint and data.calib_fingerprint.get("synthetic"):
         report.warnings.append("calibration used synthetic random data (--synthetic)")

@@ -51,7 +51,7 @@ class PruneConfig:
 
 @dataclass
 class PrecisionConfig:
-    mode: str = "int8"  # "none" | "int8"
+    mode: str = "int8"  # "none" | "int8" (Q/DQ) | "fp16" | "bf16" (Casts, calibration.autocast)
     target: str = "tensorrt"  # "tensorrt" | "onnxruntime-cpu"
     method: str = "max"
     per_channel: bool = True  # False: one scale per weight tensor (per-tensor)
@@ -139,7 +139,7 @@ class Recipe:
 
 
 _CHOICES = {
-    "precision.mode": ("none", "int8"),
+    "precision.mode": ("none", "int8", "fp16", "bf16"),
     "precision.target": ("tensorrt", "onnxruntime-cpu"),
     "precision.method": ("max", "percentile", "entropy", "mse"),
     "prune.sparsity": (None, "2:4"),
@@ -151,6 +151,37 @@ _CHOICES = {
     "build.expect": (None, "int8", "fp16", "bf16", "fp8", "fp32"),
     "build.hardware_compatibility": (None, "ampere_plus", "same_compute_capability"),
 }
+
+# Inclusive numeric bounds (None: unbounded on that side). Checked where the recipe is read,
+# so a zero iteration count or a negative sample limit never reaches the pipeline.
+_RANGES = {
+    "passes.opset": (7, None),
+    "prune.channels": (0.0, 0.95),
+    "prune.flops_target": (0.0, 0.95),
+    "prune.max_error": (0.0, None),
+    "prune.max_samples": (1, None),
+    "precision.percentile": (50.0, 100.0),
+    "precision.max_samples": (1, None),
+    "build.workspace_mib": (1, None),
+    "build.optimization_level": (0, 5),
+    "validate.max_samples": (1, None),
+    "validate.noise_samples": (0, None),
+    "validate.divergence_samples": (1, None),
+    "validate.divergence_chunk": (1, None),
+    "validate.latency.threads": (1, None),
+    "validate.latency.warmup": (0, None),
+    "validate.latency.iterations": (1, None),
+    "validate.latency.samples": (1, None),
+}
+
+
+def _check_range(path: str, value: Any) -> None:
+    low, high = _RANGES[path]
+    if value is None:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"recipe: '{path}' is {value!r}; it must be {bounds}")
 
 
 def _public_fields(cls) -> dict[str, dataclasses.Field]:
@@ -216,6 +247,8 @@ def _build(cls, data: Any, where: str):
             hint = f" (did you mean '{guess[0]}'?)" if guess else ""
             raise ConfigError(f"recipe: unknown key '{path}'{hint}; valid keys here: {', '.join(fields)}")
         converted = _convert(value, hints[key], path)
+        if path in _RANGES:
+            _check_range(path, converted)
         if path in _CHOICES and converted not in _CHOICES[path]:
             choices = ", ".join(str(c) for c in _CHOICES[path] if c is not None)
             raise ConfigError(f"recipe: '{path}' is {converted!r}; choose one of: {choices}")

@@ -110,9 +110,12 @@ def load_report(path: str | Path) -> Report:
             f"{path}: report schema version {data.get('schema_version')} is not supported (this trtforge reads {SCHEMA_VERSION})"
         )
     data.pop("passed", None)
-    data["stages"] = [StageRecord(**s) for s in data.get("stages", [])]
-    data["gates"] = [GateResult(**g) for g in data.get("gates", [])]
-    return Report(**data)
+    try:
+        data["stages"] = [StageRecord(**s) for s in data.get("stages", [])]
+        data["gates"] = [GateResult(**g) for g in data.get("gates", [])]
+        return Report(**data)
+    except TypeError as exc:  # a missing or unknown field: an edited or foreign file
+        raise InputError(f"{path}: not a valid trtforge report ({exc})") from None
 
 
 # ---------------------------------------------------------------- rendering

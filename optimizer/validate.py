@@ -105,7 +105,8 @@ class OutputStats:
             self.nonfinite += int(c.size - np.isfinite(c).sum())
         if diff.size:
             ad = np.abs(diff)
-            self.max_abs = max(self.max_abs, float(ad.max()))
+            # max() with a NaN keeps the old value: a NaN candidate must look infinitely wrong.
+            self.max_abs = math.inf if self.nonfinite else max(self.max_abs, float(ad.max()))
             self.abs_sum += float(ad.sum())
             self.ref_absmax = max(self.ref_absmax, float(max(r.max(), -r.min())))
         self.count += diff.size

@@ -210,3 +210,69 @@ def test_report_refuses_non_reports(tmp_path):
     bogus.write_text("{truncated")
     result = CliRunner().invoke(main, ["report", str(bogus)])
     assert result.exit_code == 2 and "not a trtforge JSON report" in result.output
+
+
+def test_passes_refuses_to_overwrite_its_input(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx")
+    before = _digest(tmp_path)
+    result = CliRunner().invoke(main, ["passes", str(model), "-o", str(model)])
+    assert result.exit_code == 2 and "overwrite the input" in result.output
+    assert _digest(tmp_path) == before
+
+
+def _sample_like_data(folder: Path, labels: dict | None) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.savez(folder / f"{i}.npz", x=rng.standard_normal((1, 4, 16, 16)).astype(np.float32))
+    if labels is not None:
+        (folder / "labels.json").write_text(json.dumps(labels))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--gate", "min_cosine>=0.9"], "checked on validation data"),
+        (["--val", "VAL", "--recipe", "BADMETRIC"], "metric 'nope.py:fn'"),
+    ],
+)
+def test_config_errors_stop_before_any_stage(tmp_path, extra, message):
+    model = _tiny_model(tmp_path / "m.onnx")
+    val = _sample_like_data(tmp_path / "val", {"0.npz": "a", "1.npz": "b"})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("precision:\n  mode: none\nvalidate:\n  metric: nope.py:fn\n")
+    args = [a.replace("VAL", str(val)).replace("BADMETRIC", str(recipe)) for a in extra]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["optimize", str(model), "-o", str(out), "--precision", "none", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_labels_are_part_of_the_data_fingerprint(tmp_path):
+    from optimizer.model import input_specs, load_model
+    from optimizer.pipeline import _open_data
+
+    model = _tiny_model(tmp_path / "m.onnx")
+    specs = input_specs(load_model(model))
+    _, a = _open_data(_sample_like_data(tmp_path / "a", {"0.npz": "x", "1.npz": "y"}), specs, None)
+    _, b = _open_data(_sample_like_data(tmp_path / "b", {"0.npz": "x", "1.npz": "z"}), specs, None)
+    assert a["sha256"] == b["sha256"] and a["labels_sha256"] != b["labels_sha256"]
+
+
+def test_optimize_fp16_through_autocast(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx")
+    val = _sample_like_data(tmp_path / "val", None)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["optimize", str(model), "-o", str(out), "--precision", "fp16", "--val", str(val), "--calib", str(val), "--json", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    precision = next(s for s in report["stages"] if s["name"] == "precision")
+    assert precision["status"] == "ran" and precision["artifact"].endswith("m.fp16.onnx")
+    assert precision["details"]["lowered_share"] > 0.5
+    fp16 = onnx.load(precision["artifact"])
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
+    (output,) = report["validation"]["outputs"]
+    assert 0 < output["max_rel"] < 1e-2  # FP16 rounding, not noise

@@ -171,7 +171,8 @@ def test_rebuild_and_damaged_entries_are_rebuilt(conv, store, tmp_path):
 def test_two_processes_building_the_same_key_leave_one_valid_entry(conv, store, tmp_path):
     import tensorrt_rtx
 
-    from optimizer.engine.build import build_target, model_hash
+    from optimizer.engine.build import build_target
+    from optimizer.model import content_hash as model_hash
 
     config = BuildConfig()
     key = store_key(model_hash(conv), config, "tensorrt-rtx", tensorrt_rtx.__version__, build_target(tensorrt_rtx, "tensorrt-rtx", config))

@@ -40,3 +40,22 @@ def test_evaluate_pass_and_fail():
 def test_unknown_metric_lists_what_exists():
     with pytest.raises(ConfigError, match="no metric 'wer' in this run; available: .*cer_increase"):
         evaluate_gates(["wer<=1"], VALIDATION)
+
+
+def test_percent_sign_is_refused_not_silently_dropped():
+    with pytest.raises(ConfigError, match="without '%'"):
+        parse_gate("min_top1_agreement>=99%")
+
+
+def test_nan_candidate_fails_every_gate(tmp_path):
+    import numpy as np
+
+    from optimizer.validate import OutputStats
+
+    stats = OutputStats("y")
+    stats.add(np.ones((2, 3), np.float32), np.array([[1, np.nan, 1], [1, 1, 1]], np.float32))
+    out = stats.result()
+    assert out["nonfinite"] == 1 and out["max_abs"] == float("inf")
+    results = evaluate_gates(["max_abs_error<=1", "min_cosine>=-2"], {"outputs": [out]})
+    assert [r.passed for r in results] == [False, False]
+    assert "NaN/Inf" in results[1].message

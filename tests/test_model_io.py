@@ -182,3 +182,25 @@ def test_real_model_loads(ppocr_rec_path):
     (x,) = input_specs(model)
     assert x.name == "x" and x.dtype == "float32" and x.shape[1] == 3
     assert "character" in dict(model.metadata_props)
+
+
+def test_artifact_files_include_external_data(tmp_path):
+    """What the stage cache copies: a model with external data must travel with its data."""
+    from optimizer.model import artifact_files
+
+    src = tmp_path / "m.onnx"
+    _save_external(_matmul_model(), src, "m.onnx.data")
+    assert artifact_files(src) == [src, tmp_path / "m.onnx.data"]
+    plain = tmp_path / "p.onnx"
+    onnx.save_model(_matmul_model(), str(plain))
+    assert artifact_files(plain) == [plain]
+
+
+def test_refuse_overwrite(tmp_path):
+    from optimizer.errors import ConfigError
+    from optimizer.model import refuse_overwrite
+
+    src = _write(tmp_path / "m.onnx", _matmul_model())
+    with pytest.raises(ConfigError, match="would overwrite the input"):
+        refuse_overwrite(src, tmp_path / "." / "m.onnx")
+    refuse_overwrite(src, tmp_path / "other.onnx")

@@ -63,3 +63,17 @@ def test_yes_no_and_single_strings_are_accepted(tmp_path):
 def test_to_dict_roundtrips():
     recipe = Recipe()
     assert recipe_from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"precision": {"max_samples": -1}}, r"'precision.max_samples' is -1; it must be at least 1"),
+        ({"validate": {"latency": {"iterations": 0}}}, r"'validate.latency.iterations' is 0; it must be at least 1"),
+        ({"build": {"optimization_level": 9}}, r"between 0 and 5"),
+        ({"precision": {"percentile": 120}}, r"between 50.0 and 100.0"),
+    ],
+)
+def test_numbers_out_of_range_are_config_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict(data)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from optimizer.engine.precision import LayerPrecisionSummary, dtype_name, networ
 from optimizer.engine.sparsity import two_four_sparse_weights
 from optimizer.engine.shapes import ShapeProfile, network_inputs, require_profiles
 from optimizer.errors import BuildError, ConfigError, InputError
+from optimizer.model import content_hash, file_sha256, write_files_atomic
 
 SIDECAR_SCHEMA = "trtforge.engine/1"
 EXPECTABLE = ("int8", "fp16", "bf16", "fp8", "fp32")
@@ -112,50 +112,6 @@ class BuildResult:
 
 
 # --- files -------------------------------------------------------------------------------
-
-
-def _write_temp(path: Path, data: bytes | memoryview) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` (same file system, so rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _commit(pairs: list[tuple[Path, bytes | memoryview]]) -> None:
-    """Write every file to a temp name first, then rename them all; on any failure remove the temps."""
-    temps: list[Path] = []
-    try:
-        for path, data in pairs:
-            temps.append(_write_temp(path, data))
-        for tmp, (path, _) in zip(temps, pairs):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def model_hash(path: Path) -> str:
-    """The model's content hash (file plus its external data) when optimizer.model provides it."""
-    try:
-        from optimizer.model import content_hash  # lazy: pulls in onnx-ir
-    except ImportError:
-        return sha256_file(path)
-    return content_hash(path)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -302,7 +258,7 @@ def _save_timing_cache(cfg: Any, path: Path) -> tuple[bytes | None, int | None]:
         with FileLock(f"{path}.lock", timeout=600):
             if path.is_file() and hasattr(cache, "combine"):
                 cache.combine(cfg.create_timing_cache(path.read_bytes()), True)  # True: skip mismatching entries
-            _commit([(path, bytes(cache.serialize()))])
+            write_files_atomic([(path, bytes(cache.serialize()))])
         return None, len(cache.queryKeys())
 
 
@@ -366,7 +322,7 @@ def build_engine(
 
     # Hash first: optimizer.model's content_hash also refuses external data that escapes the
     # model's folder, is missing or is truncated, before TensorRT reads any of it.
-    model_sha256 = model_hash(model)
+    model_sha256 = content_hash(model)
     # Weak typing only when precision flags were asked for (and exist, checked above).
     parsed = parse_network(trt, model, strongly_typed=not config.precision_flags)
     if parsed.issues:
@@ -450,5 +406,5 @@ def build_engine(
     }
     # The engine goes last so that a reader who sees a new engine also sees its new record.
     outputs += [(Path(result.sidecar_path), (json.dumps(sidecar, indent=2) + "\n").encode()), (engine, data)]
-    _commit(outputs)
+    write_files_atomic(outputs)
     return result

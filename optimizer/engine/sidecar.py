@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from optimizer.engine.build import sha256_file
+from optimizer.model import file_sha256
 from optimizer.engine.cuda import device_compute_capability, sm_number
 from optimizer.engine.loader import DISPLAY_NAMES, FLAVOURS, load_tensorrt, version_of
 from optimizer.errors import InputError, TrtforgeError
@@ -85,7 +85,7 @@ def check_sidecar(engine_path: str | Path, trt_module: ModuleType | None = None)
     built_with = _name(flavour, version)
     if record.get("engine_bytes") is not None and engine.stat().st_size != record["engine_bytes"]:
         problems.append(f"{engine.name} is {engine.stat().st_size} bytes but its sidecar records {record['engine_bytes']}")
-    elif record.get("engine_sha256") and sha256_file(engine) != record["engine_sha256"]:
+    elif record.get("engine_sha256") and file_sha256(engine) != record["engine_sha256"]:
         problems.append(f"{engine.name} does not match the sha256 in its sidecar (the engine was replaced or damaged)")
 
     if trt_module is None:

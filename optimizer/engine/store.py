@@ -32,13 +32,12 @@ from optimizer.engine.build import (
     _check_precision_flags,
     build_engine,
     build_target,
-    model_hash,
-    sha256_file,
 )
 from optimizer.engine.loader import load_tensorrt, version_of
 from optimizer.engine.parse import check_model_file
 from optimizer.engine.precision import LayerPrecisionSummary
 from optimizer.errors import ConfigError
+from optimizer.model import content_hash, file_sha256
 
 STORE_SCHEMA = "trtforge.engine-store/1"
 ENGINE_FILE = "model.engine"
@@ -138,7 +137,7 @@ class EngineStore:
             size = engine.stat().st_size
         except (OSError, ValueError):
             return None
-        if record.get("engine_bytes") != size or record.get("engine_sha256") != sha256_file(engine):
+        if record.get("engine_bytes") != size or record.get("engine_sha256") != file_sha256(engine):
             return None  # damaged: treated as a miss and rebuilt over
         return record
 
@@ -244,7 +243,7 @@ def build_or_reuse(
     _check_gpu_only_options(trt, flavour, config)
     version = version_of(trt)
     target = build_target(trt, flavour, config)
-    key = store_key(model_hash(model), config, flavour, version, target)
+    key = store_key(content_hash(model), config, flavour, version, target)
     config = with_default_timing_cache(config, flavour, version, target, store.root)
 
     with store.lock(key):
@@ -253,10 +252,10 @@ def build_or_reuse(
             result = _result_from_record(record, engine, key)
             _check_expect(config, result.precision, model)
             start = time.perf_counter()
-            _copy_atomic(store.entry_path(key) / ENGINE_FILE, engine)
             record.update(engine=engine.name, model=str(model), store_key=key, store_hit=True, notes=result.notes)
-            # Written after the engine lands, like a fresh build: the sidecar names the engine beside it.
+            # Sidecar first, engine last, as a fresh build does: whoever sees the new engine sees its sidecar.
             write_text_atomic(Path(result.sidecar_path), json.dumps(record, indent=2) + "\n")
+            _copy_atomic(store.entry_path(key) / ENGINE_FILE, engine)
             result.notes.append(f"copied in {time.perf_counter() - start:.2f}s (the original build took {result.seconds:.1f}s)")
             return result
         result = build_engine(model, engine, config, builder=flavour)

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.errors import ConfigError
-from optimizer.model import input_specs, load_model, save_model
+from optimizer.model import input_specs, load_model, refuse_overwrite, save_model
 from optimizer.pipeline import Limited
 from optimizer.pruning.allocation import allocate, flops_after
 from optimizer.pruning.activations import LayerStats, collect_hessians, conv_geometry
@@ -212,8 +212,8 @@ def prune(
     if not dry_run and output_path is None:
         raise ConfigError("an output path is needed unless dry_run is set")
     model_path = Path(model_path)
-    if output_path is not None and Path(output_path).resolve() == model_path.resolve():
-        raise ConfigError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    if output_path is not None:
+        refuse_overwrite(model_path, output_path)
 
     model = load_model(model_path)
     prepare_model(model)

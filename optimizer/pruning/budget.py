@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from optimizer.errors import ConfigError
-from optimizer.model import save_model
+from optimizer.model import refuse_overwrite, save_model
 from optimizer.runners import OrtRunner
 
 CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -51,8 +51,7 @@ def prune_within_error(
 
     if val is None:
         raise ConfigError("an accuracy budget needs validation data (--val DIR)")
-    if Path(output_path).resolve() == Path(model_path).resolve():
-        raise ConfigError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    refuse_overwrite(model_path, output_path)
     if max_error <= 0:
         raise ConfigError(f"the error budget must be positive, got {max_error}")
     trials, best = [], None
