@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.errors import ConfigError, InputError
+from optimizer.errors import ConfigError, InputError, first_line
 from optimizer.model import TensorSpec
 
 # Distinct shapes remembered per input in a fingerprint: enough to see the spread of a
@@ -112,7 +112,7 @@ class NpzFolderSource:
         except InputError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputError(f"{path}: unreadable calibration file ({_first_line(exc)}); is it a complete .npz/.npy?") from None
+            raise InputError(f"{path}: unreadable calibration file ({first_line(exc)}); is it a complete .npz/.npy?") from None
 
 
 class SyntheticSource:
@@ -263,7 +263,3 @@ def _update_stats(stats: InputStats, array: np.ndarray) -> None:
     if shape not in stats.shapes and len(stats.shapes) < MAX_SHAPES_SEEN:
         stats.shapes.append(shape)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

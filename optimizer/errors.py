@@ -54,3 +54,9 @@ class GateFailed(TrtforgeError):
     """A release gate was not met: the artifact is worse than allowed."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A library exception's message as one short line, for wrapping into a TrtforgeError."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit]

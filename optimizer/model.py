@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from optimizer.errors import ConfigError, InputError
+from optimizer.errors import ConfigError, InputError, first_line
 
 # Tensors at least this large go to the external-data file when a model is saved with one.
 EXTERNAL_DATA_THRESHOLD = 1024
@@ -125,23 +125,19 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable ONNX model ({_first_line(exc)}); is the file complete?") from None
+        raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)}); is the file complete?") from None
     # Protobuf happily parses many non-ONNX byte strings into an empty or garbled message.
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.opset_import:
         raise InputError(f"{path}: not an ONNX model (no IR version, graph or opset); is it the right file?")
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # onnx-ir raises several types for malformed graphs
-        raise InputError(f"{path}: malformed ONNX graph ({_first_line(exc)})") from None
+        raise InputError(f"{path}: malformed ONNX graph ({first_line(exc)})") from None
     del proto
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     _check_external_data(model, path)
     return model
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def model_nbytes(model: ir.Model) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.errors import InputError, ValidationError
+from optimizer.errors import InputError, ValidationError, first_line
 from optimizer.model import TensorSpec
 
 _ORT_TO_NUMPY = {
@@ -71,7 +71,7 @@ class OrtRunner:
             self.session = ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types with long messages
             where = "model" if isinstance(model, bytes) else Path(model).name
-            raise InputError(f"ONNX Runtime cannot load {where}: {_one_line(exc)}") from None
+            raise InputError(f"ONNX Runtime cannot load {where}: {first_line(exc, 300)}") from None
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self.output_names = [o.name for o in self.outputs]
@@ -81,10 +81,6 @@ class OrtRunner:
         try:
             values = self.session.run(names, feeds)
         except Exception as exc:
-            raise ValidationError(f"ONNX Runtime failed to run the model: {_one_line(exc)}") from None
+            raise ValidationError(f"ONNX Runtime failed to run the model: {first_line(exc, 300)}") from None
         return dict(zip(names, values))
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300]

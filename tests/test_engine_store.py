@@ -346,15 +346,15 @@ def test_importing_the_runtime_does_not_import_tensorrt_or_cuda_bindings():
 
 
 def test_two_four_pattern():
-    from optimizer.engine.sparsity import is_two_four_sparse
+    from optimizer.pruning.sparsity import weight_satisfies_2_4
 
     w = np.arange(1, 33, dtype=np.float32).reshape(2, 8, 1, 2)
-    assert not is_two_four_sparse(w, 1)
+    assert not weight_satisfies_2_4("Conv", w)
     w[:, 0::4] = w[:, 1::4] = 0  # two zeros in every group of 4 input channels
-    assert is_two_four_sparse(w, 1)
+    assert weight_satisfies_2_4("Conv", w)
     w[0, 1, 0, 0] = 1.0  # one group with a single zero breaks it
-    assert not is_two_four_sparse(w, 1)
-    assert not is_two_four_sparse(np.zeros((4, 6), np.float32), 1)  # 6 is not a multiple of 4
+    assert not weight_satisfies_2_4("Conv", w)
+    assert not weight_satisfies_2_4("MatMul", np.zeros((6, 4), np.float32))  # K = 6 is not a multiple of 4
 
 
 @rtx
