@@ -61,3 +61,39 @@ class RuleStep(ir.passes.InPlacePass):
         fired, _ = apply_rules(model, self.rules, explain=False)
         self.fired.update(fired)
         return ir.passes.PassResult(model, modified=bool(fired))
+
+
+class RulePass:
+    """Mixin for a GraphPass that is a set of onnxscript rewrite rules applied once.
+
+    Subclasses give ``rules(model)`` (an empty list means "not applicable here"; say why with
+    ``self.note``) and set ``reads_shapes`` when a rule's check reads tensor shapes: then
+    shapes are re-inferred from the graph inputs first and declared ones are not trusted.
+    """
+
+    reads_shapes = False
+
+    def rules(self, model: ir.Model) -> list:
+        raise NotImplementedError
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from graph_passes._base import summarize_counts
+
+        rules = self.rules(model)
+        if not rules:
+            return ir.passes.PassResult(model, modified=False)
+        if self.reads_shapes:
+            from onnx_ir.passes.common import ShapeInferencePass
+
+            from graph_passes._base import quiet_logger, untrusted_shapes
+
+            with untrusted_shapes(model):
+                with quiet_logger("onnx_ir.passes.common.shape_inference"):
+                    ShapeInferencePass(strict_mode=False)(model)
+                fired, refusals = apply_rules(model, rules, explain=self.explain)
+        else:
+            fired, refusals = apply_rules(model, rules, explain=self.explain)
+        self.refusals.extend(refusals)
+        if fired:
+            self.note(f"fused {sum(fired.values())} ({summarize_counts(fired)})")
+        return ir.passes.PassResult(model, modified=bool(fired))

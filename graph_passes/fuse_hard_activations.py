@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graph_passes._base import GraphPass, summarize_counts
-from graph_passes._rules import apply_rules
+from graph_passes._base import GraphPass
+from graph_passes._rules import RulePass
 
 
 def _exactly(value: ir.Value | None, expected: float) -> bool:
@@ -79,7 +79,7 @@ def _rules(opset: int) -> list:
     return [r for rule in rules for r in rule.commute()]
 
 
-class FuseHardActivations(GraphPass):
+class FuseHardActivations(RulePass, GraphPass):
     """Fuse Clip(x+3,0,6)/6 into HardSigmoid and x*Clip(x+3,0,6)/6 into HardSwish (opset >= 14)."""
 
     name = "fuse_hard_activations"
@@ -89,10 +89,5 @@ class FuseHardActivations(GraphPass):
         "that, x * HardSigmoid(x))"
     )
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        fired, refusals = apply_rules(model, _rules(opset), explain=self.explain)
-        self.refusals.extend(refusals)
-        if fired:
-            self.note(f"fused {sum(fired.values())} ({summarize_counts(fired)})")
-        return ir.passes.PassResult(model, modified=bool(fired))
+    def rules(self, model: ir.Model) -> list:
+        return _rules(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))

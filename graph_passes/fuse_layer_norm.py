@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
-from graph_passes._base import GraphPass, quiet_logger, summarize_counts, untrusted_shapes
-from graph_passes._rules import apply_rules
+from graph_passes._base import GraphPass
+from graph_passes._rules import RulePass
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -91,7 +90,7 @@ def _rules() -> list:
     return [LayerNormFromParts.rule(axes_as_input=False), LayerNormFromParts.rule(axes_as_input=True)]
 
 
-class FuseLayerNorm(GraphPass):
+class FuseLayerNorm(RulePass, GraphPass):
     """Fuse the decomposed last-axis layer norm (9 nodes) into LayerNormalization (opset >= 17)."""
 
     name = "fuse_layer_norm"
@@ -101,17 +100,11 @@ class FuseLayerNorm(GraphPass):
         "nothing else"
     )
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    reads_shapes = True  # rank and scale-shape checks read shapes: trust inferred ones only
+
+    def rules(self, model: ir.Model) -> list:
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         if opset < 17:
             self.note(f"skipped: opset {opset} < 17 has no LayerNormalization (run with --opset 17)")
-            return ir.passes.PassResult(model, modified=False)
-        # Rank and scale-shape checks read shapes: trust inferred ones only.
-        with untrusted_shapes(model):
-            with quiet_logger("onnx_ir.passes.common.shape_inference"):
-                ShapeInferencePass(strict_mode=False)(model)
-            fired, refusals = apply_rules(model, _rules(), explain=self.explain)
-        self.refusals.extend(refusals)
-        if fired:
-            self.note(f"fused {sum(fired.values())} ({summarize_counts(fired)})")
-        return ir.passes.PassResult(model, modified=bool(fired))
+            return []
+        return _rules()

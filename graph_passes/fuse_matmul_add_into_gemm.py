@@ -10,10 +10,9 @@ growing it (Gemm's C is unidirectionally broadcast, an Add is bidirectional).
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
-from graph_passes._base import GraphPass, quiet_logger, summarize_counts, untrusted_shapes
-from graph_passes._rules import apply_rules
+from graph_passes._base import GraphPass
+from graph_passes._rules import RulePass
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 
@@ -43,7 +42,7 @@ def _gemm_rule():
     return CheckedMatMulAddToGemm().rule()
 
 
-class FuseMatmulAddIntoGemm(GraphPass):
+class FuseMatmulAddIntoGemm(RulePass, GraphPass):
     """Fuse Add(MatMul(A, B), C) on 2-D floating point operands into Gemm."""
 
     name = "fuse_matmul_add_into_gemm"
@@ -52,13 +51,7 @@ class FuseMatmulAddIntoGemm(GraphPass):
         "without changing its shape (rank <= 2, each dim 1 or equal); the MatMul's output feeds only the Add"
     )
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        # The rank and broadcast checks read shapes: trust inferred ones only.
-        with untrusted_shapes(model):
-            with quiet_logger("onnx_ir.passes.common.shape_inference"):
-                ShapeInferencePass(strict_mode=False)(model)
-            fired, refusals = apply_rules(model, [_gemm_rule()], explain=self.explain)
-        self.refusals.extend(refusals)
-        if fired:
-            self.note(f"fused {sum(fired.values())} ({summarize_counts(fired)})")
-        return ir.passes.PassResult(model, modified=bool(fired))
+    reads_shapes = True  # the rank and broadcast checks read shapes: trust inferred ones only
+
+    def rules(self, model: ir.Model) -> list:
+        return [_gemm_rule()]

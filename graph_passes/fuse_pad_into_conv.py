@@ -11,10 +11,9 @@ shapes are re-inferred from the inputs first (its rank check reads them).
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
-from graph_passes._base import GraphPass, quiet_logger, summarize_counts, untrusted_shapes
-from graph_passes._rules import apply_rules
+from graph_passes._base import GraphPass
+from graph_passes._rules import RulePass
 
 
 def _rules() -> list:
@@ -31,7 +30,7 @@ def _rules() -> list:
     return [CheckedFuseConvPad().rule()]
 
 
-class FusePadIntoConv(GraphPass):
+class FusePadIntoConv(RulePass, GraphPass):
     """Fold a zero constant Pad of the spatial axes into the following Conv's pads."""
 
     name = "fuse_pad_into_conv"
@@ -40,12 +39,7 @@ class FusePadIntoConv(GraphPass):
         "the batch and channel axes; the Pad's output feeds only the Conv; the Conv's auto_pad is NOTSET"
     )
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        with untrusted_shapes(model):
-            with quiet_logger("onnx_ir.passes.common.shape_inference"):
-                ShapeInferencePass(strict_mode=False)(model)
-            fired, refusals = apply_rules(model, _rules(), explain=self.explain)
-        self.refusals.extend(refusals)
-        if fired:
-            self.note(f"fused {sum(fired.values())} ({summarize_counts(fired)})")
-        return ir.passes.PassResult(model, modified=bool(fired))
+    reads_shapes = True  # the rule's rank check reads shapes
+
+    def rules(self, model: ir.Model) -> list:
+        return _rules()

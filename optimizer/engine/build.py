@@ -32,7 +32,7 @@ from optimizer.engine.precision import LayerPrecisionSummary, dtype_name, networ
 from optimizer.engine.sparsity import two_four_sparse_weights
 from optimizer.engine.shapes import ShapeProfile, network_inputs, require_profiles
 from optimizer.errors import BuildError, ConfigError, InputError
-from optimizer.model import content_hash, file_sha256, write_files_atomic
+from optimizer.model import content_hash, write_files_atomic
 
 SIDECAR_SCHEMA = "trtforge.engine/1"
 EXPECTABLE = ("int8", "fp16", "bf16", "fp8", "fp32")

@@ -327,7 +327,6 @@ def _sparsify(model, result, source, method, reconstruct, exclude, min_weights, 
         # so dense layers soak up what the sparse ones lost.
         by_name = {l.name: l for l in eligible}
         names = [l.name for l in find_layers(model) if refittable(l)]
-        before = {l.name: to_matrix(l.op_type, l.weight, l.trans_b).copy() for l in eligible}
         records = refit_in_waves(_reference(result), model, names, Limited(source, samples),
                                  sparsify={n: method for n in by_name}, waves=waves, positions=positions, damp=damp,
                                  progress=progress)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx_ir as ir
 
 from optimizer.pruning.layers import const_array
