@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.checks import check_runs
 from calibration.data import DataFingerprint, NpzFolderSource, synthetic_source, validate_source
 from calibration.opset import opset_of, upgrade_opset
 from calibration.qdq import (
@@ -33,8 +34,7 @@ from calibration.qdq import (
 from calibration.stats import COLLECTORS, TensorRange, collect_ranges
 from calibration.subgraphs import inline_constant_ifs
 from optimizer.errors import CalibrationError, ConfigError, InputError
-from optimizer.model import input_specs, load_model, refuse_overwrite, save_model, to_proto_bytes
-from optimizer.runners import OrtRunner
+from optimizer.model import input_specs, load_model, refuse_overwrite, save_model
 
 __all__ = [
     "DataFingerprint",
@@ -128,7 +128,7 @@ def quantize(
             "pass a re-iterable source (a list or a folder source), not a one-shot generator"
         )
     record = insert_qdq(model, plan, ranges, target=target, per_channel=per_channel)
-    _check_runs(model, _first(source))
+    check_runs(model, _first(source), "quantized")
     save_model(model, output_path)
 
     return QuantizeResult(
@@ -155,17 +155,3 @@ def _first(source) -> dict[str, np.ndarray]:
         "the calibration data source yielded no samples on its second pass; pass a re-iterable source "
         "(a list or a folder source), not a one-shot generator"
     )
-
-
-def _check_runs(model, sample: dict[str, np.ndarray]) -> None:
-    """Run the quantized model once: an artifact ORT cannot load or that yields NaN is a bug, not a result."""
-    payload = to_proto_bytes(model)
-    if payload is None:  # > 2 GB: the validation stage runs it from the saved file
-        return
-    try:
-        outputs = OrtRunner(payload).run(sample)
-    except Exception as exc:
-        raise CalibrationError(f"the quantized model does not run in ONNX Runtime: {exc}") from None
-    for name, value in outputs.items():
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise CalibrationError(f"the quantized model produces NaN/Inf in output '{name}'")

@@ -27,11 +27,11 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
+from calibration.checks import check_runs
 from calibration.data import validate_source
 from calibration.stats import collect_ranges
 from optimizer.errors import CalibrationError, ConfigError
-from optimizer.model import input_specs, load_model, refuse_overwrite, save_model, to_proto_bytes
-from optimizer.runners import OrtRunner
+from optimizer.model import input_specs, load_model, refuse_overwrite, save_model
 
 LOW_DTYPES = {"float16": ir.DataType.FLOAT16, "bfloat16": ir.DataType.BFLOAT16}
 _TYPE_STR = {ir.DataType.FLOAT16: "tensor(float16)", ir.DataType.BFLOAT16: "tensor(bfloat16)"}
@@ -143,7 +143,7 @@ def autocast(
                 rewriter.restore_output(out)
     RemoveUnusedNodesPass()(model)
     if low == ir.DataType.FLOAT16:
-        _check_runs(model, _first(source) if source is not None else None)
+        check_runs(model, _first(source) if source is not None else None, "autocast", "; keep more ops in FP32")
     else:  # ONNX Runtime's CPU kernels have no bfloat16: check the graph itself
         _check_valid(model)
     save_model(model, output_path)
@@ -291,18 +291,3 @@ def _check_valid(model: ir.Model) -> None:
         onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
     except Exception as exc:
         raise CalibrationError(f"the autocast model is not valid ONNX: {' '.join(str(exc).split())[:300]}") from None
-
-
-def _check_runs(model: ir.Model, sample) -> None:
-    """Load (and, with data, run) the result in ONNX Runtime: an artifact it rejects is a bug, not a result."""
-    payload = to_proto_bytes(model)
-    if payload is None:
-        return
-    try:
-        runner = OrtRunner(payload)
-        outputs = runner.run(sample) if sample is not None else {}
-    except Exception as exc:
-        raise CalibrationError(f"the autocast model does not run in ONNX Runtime: {exc}") from None
-    for name, value in outputs.items():
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise CalibrationError(f"the autocast model produces NaN/Inf in output '{name}'; keep more ops in FP32")
