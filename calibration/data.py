@@ -11,6 +11,7 @@ of calibration.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -263,3 +264,19 @@ def _update_stats(stats: InputStats, array: np.ndarray) -> None:
     if shape not in stats.shapes and len(stats.shapes) < MAX_SHAPES_SEEN:
         stats.shapes.append(shape)
 
+
+class Limited:
+    """At most ``limit`` samples of a data source (keeps its labels aligned)."""
+
+    def __init__(self, source, limit: int | None) -> None:
+        self.source = source
+        self.limit = limit
+        labels = getattr(source, "labels", None)
+        self.labels = labels[:limit] if labels is not None and limit else labels
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.source), self.limit)
+
+    def __len__(self) -> int:
+        n = len(self.source)
+        return min(n, self.limit) if self.limit else n

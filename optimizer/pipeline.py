@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from calibration.data import Limited
 from optimizer.cache import StageCache, cache_key, restore, tool_versions
 from optimizer.errors import ConfigError, InputError, ValidationError
 from optimizer.gates import check_syntax, evaluate_gates
@@ -50,23 +50,6 @@ class RunContext:
     cache: StageCache
     progress: Progress
     warnings: list[str] = field(default_factory=list)
-
-
-class Limited:
-    """At most ``limit`` samples of a data source (keeps its labels aligned)."""
-
-    def __init__(self, source, limit: int | None) -> None:
-        self.source = source
-        self.limit = limit
-        labels = getattr(source, "labels", None)
-        self.labels = labels[:limit] if labels is not None and limit else labels
-
-    def __iter__(self) -> Iterator:
-        return itertools.islice(iter(self.source), self.limit)
-
-    def __len__(self) -> int:
-        n = len(self.source)
-        return min(n, self.limit) if self.limit else n
 
 
 # ---------------------------------------------------------------- stages

@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from optimizer.errors import ConfigError
 from optimizer.model import input_specs, load_model, refuse_overwrite, save_model
-from optimizer.pipeline import Limited
+from calibration.data import Limited
 from optimizer.pruning.allocation import allocate, flops_after
 from optimizer.pruning.activations import LayerStats, collect_hessians, conv_geometry
 from optimizer.pruning.channel_pruning import CRITERIA, apply_channel_pruning, channel_scores, kept_count
