@@ -83,7 +83,8 @@ class PassesStage(Stage):
     def config(self, ctx):
         cfg = dataclasses.asdict(ctx.recipe.passes)
         cfg["verify_data"] = ctx.data.calib_fingerprint["sha256"] if (cfg["verify"] and ctx.data.calib_fingerprint) else None
-        cfg["verify_shapes"] = list(ctx.recipe.build.shapes) if cfg["verify"] else None  # the verifier's input dims
+        # Without data the verifier generates inputs at the profile's opt shapes: then they count.
+        cfg["verify_shapes"] = list(ctx.recipe.build.shapes) if cfg["verify"] and ctx.data.calib is None else None
         return cfg
 
     def run(self, ctx, model_path):
