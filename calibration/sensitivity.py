@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +44,6 @@ OUTPUT_ERRORS = ("output_nrmse", "max_abs_diff")
 # few samples suffice (each costs one ORT session per layer).
 SENSITIVITY_SAMPLES = 8
 
-_BUDGET = re.compile(r"^\s*([A-Za-z0-9_]+)\s*<=\s*([0-9.eE+-]+)\s*$")
-
-
 @dataclass(frozen=True)
 class Budget:
     key: str  # "cer_increase", "accuracy_drop", "output_nrmse", "max_abs_diff"
@@ -62,14 +58,15 @@ class Budget:
 
 
 def parse_budget(text: str) -> Budget:
-    m = _BUDGET.match(text)
-    if not m:
-        raise ConfigError(f"budget '{text}': expected 'name<=number', e.g. 'cer_increase<=0.1' or 'output_nrmse<=0.02'")
-    key = m.group(1)
+    """A budget is a gate that must be an upper bound: one grammar for both (``optimizer.gates``)."""
+    from optimizer.gates import parse_gate
+
     try:
-        limit = float(m.group(2))
-    except ValueError:
-        raise ConfigError(f"budget '{text}': '{m.group(2)}' is not a number") from None
+        key, op, limit = parse_gate(text)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("gate '", "budget '", 1)) from None
+    if op != "<=":
+        raise ConfigError(f"budget '{text}': expected 'name<=number' (a budget is an upper bound), e.g. 'cer_increase<=0.1'")
     if key not in OUTPUT_ERRORS and not key.endswith(("_increase", "_drop")):
         raise ConfigError(
             f"budget '{text}': '{key}' is neither <metric>_increase, <metric>_drop nor one of {list(OUTPUT_ERRORS)}"

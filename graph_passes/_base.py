@@ -17,6 +17,8 @@ from typing import ClassVar
 
 import onnx_ir as ir
 
+from optimizer.model import count_nodes  # noqa: F401  (re-exported: the one node count)
+
 __all__ = [
     "GraphPass",
     "Snapshot",
@@ -78,11 +80,6 @@ def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
 def _graph_likes(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     yield model.graph
     yield from model.functions.values()
-
-
-def count_nodes(model: ir.Model) -> int:
-    """Nodes of the main graph, its subgraphs and the model's functions."""
-    return sum(1 for g in _graph_likes(model) for _ in ir.traversal.RecursiveGraphIterator(g))
 
 
 def _tensor_nbytes(tensor) -> int:

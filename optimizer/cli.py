@@ -87,11 +87,14 @@ def inspect(model: Path, as_json: bool, parse_check: bool, builder: str | None) 
 @click.option("--precision", type=click.Choice(["int8", "fp16", "bf16", "none"]), default=None, help="Override the recipe's precision mode (INT8 Q/DQ, or FP16/BF16 Casts).")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime-cpu"]), default=None, help="Q/DQ form: TensorRT's (default) or ORT CPU's.")
 @click.option("--gate", "gates", multiple=True, help="Release gate, e.g. 'cer_increase<=0.5' (repeatable).")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None, help="Previous release's report.json: enables *_regression gates.")
+@click.option("--divergence", type=click.Choice(["never", "on-failure", "always"]), default=None, help="First-divergent-layer search (recipe default: on-failure).")
+@click.option("--synthetic", is_flag=True, help="Calibrate on random data (knowingly; the report says so).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @_handle_errors
-def optimize(model, out_dir, recipe, calib, val, precision, target, gates, no_cache, as_json, quiet) -> None:
+def optimize(model, out_dir, recipe, calib, val, precision, target, gates, baseline, divergence, synthetic, no_cache, as_json, quiet) -> None:
     """Run the whole pipeline and write every artifact and one report.
 
     Exits 1 when a gate fails, 2 on bad input or config.
@@ -110,6 +113,12 @@ def optimize(model, out_dir, recipe, calib, val, precision, target, gates, no_ca
         config.precision.mode = precision
     if target:
         config.precision.target = target
+    if baseline:  # a command-line path is relative to the working directory, not the recipe
+        config.validate.baseline = str(baseline.resolve())
+    if divergence:
+        config.validate.divergence = divergence
+    if synthetic:
+        config.precision.synthetic = True
     report = run_pipeline(
         model,
         out_dir,
@@ -200,12 +209,12 @@ def passes(model, out_path, names, skip, verify, shapes, list_passes, explain, o
         return
     if model is None or out_path is None:
         raise ConfigError("give a MODEL and -o OUT.onnx (or --list)")
-    from optimizer.inspect import count_nodes
+    from optimizer.model import count_nodes
     from optimizer.model import load_model, refuse_overwrite, save_model
 
     refuse_overwrite(model, out_path)
     loaded = load_model(model)
-    before = count_nodes(loaded.graph)
+    before = count_nodes(loaded)
     fixed = _parse_fixed_shapes(shapes)
     if specialize and not fixed:
         raise ConfigError("--specialize pins the inputs to --shapes: give --shapes too, e.g. --shapes x:1x3x224x224")
@@ -225,7 +234,7 @@ def passes(model, out_path, names, skip, verify, shapes, list_passes, explain, o
         if explain:
             for line in [*r.notes, *r.refusals]:
                 _out.print(f"    {line}", markup=False)
-    _out.print(f"{before} → {count_nodes(loaded.graph)} nodes{' (verified)' if verify else ''}; wrote {out_path}")
+    _out.print(f"{before} → {count_nodes(loaded)} nodes{' (verified)' if verify else ''}; wrote {out_path}")
 
 
 def _parse_fixed_shapes(spec: str | None) -> dict[str, tuple[int, ...]] | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from optimizer.model import external_data_files, input_specs, iter_tensors, load_model, output_specs
+from optimizer.model import count_nodes, external_data_files, input_specs, iter_tensors, load_model, output_specs
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 
@@ -40,11 +40,6 @@ class InspectReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def count_nodes(graph: ir.Graph) -> int:
-    """Nodes of the graph and of every subgraph inside it."""
-    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(graph))
 
 
 def op_histogram(model: ir.Model) -> Counter:
@@ -88,7 +83,7 @@ def inspect_model(path: str | Path, *, parse_check: bool = True, builder: str | 
         producer=f"{model.producer_name or ''} {model.producer_version or ''}".strip(),
         inputs=[s.to_dict() for s in input_specs(model)],
         outputs=[s.to_dict() for s in output_specs(model)],
-        nodes=count_nodes(model.graph),
+        nodes=count_nodes(model),
         subgraphs=_count_subgraphs(model),
         op_histogram=dict(op_histogram(model).most_common()),
         custom_domains=domains,

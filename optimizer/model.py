@@ -55,6 +55,12 @@ def _all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
                 yield from attr.value
 
 
+def count_nodes(model: ir.Model) -> int:
+    """Nodes of the main graph, of every subgraph inside it (If/Loop/Scan) and of the model's functions."""
+    graphs = [model.graph, *model.functions.values()]
+    return sum(1 for g in graphs for _ in ir.traversal.RecursiveGraphIterator(g))
+
+
 def iter_tensors(model: ir.Model) -> Iterator[tuple[str, ir.TensorProtocol]]:
     """Every constant tensor of the model: initializers of all graphs and Constant/tensor attributes."""
     for graph in _all_graphs(model):

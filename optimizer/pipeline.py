@@ -22,8 +22,7 @@ from calibration.data import Limited
 from optimizer.cache import StageCache, cache_key, restore, tool_versions
 from optimizer.errors import ConfigError, InputError, ValidationError
 from optimizer.gates import check_syntax, evaluate_gates
-from optimizer.inspect import count_nodes
-from optimizer.model import artifact_files, content_hash, input_specs, load_model, metadata, save_model
+from optimizer.model import artifact_files, content_hash, count_nodes, input_specs, load_model, metadata, save_model
 from optimizer.progress import Progress
 from optimizer.recipe import Recipe
 from optimizer.report import Report, StageRecord, environment
@@ -92,7 +91,7 @@ class PassesStage(Stage):
 
         cfg = ctx.recipe.passes
         model = load_model(model_path)
-        before = count_nodes(model.graph)
+        before = count_nodes(model)
         verifier = None
         if cfg.verify:
             feeds = list(Limited(ctx.data.calib, 4)) if ctx.data.calib is not None else None
@@ -100,7 +99,7 @@ class PassesStage(Stage):
         records = run_passes(model, cfg.names, skip=cfg.skip, verifier=verifier, explain=cfg.explain, opset=cfg.opset)
         out = ctx.out_dir / f"{ctx.stem}.opt.onnx"
         save_model(model, out)
-        after = count_nodes(model.graph)
+        after = count_nodes(model)
         fired = [r.name for r in records if r.modified]
         record = StageRecord(
             name=self.name,
@@ -524,7 +523,7 @@ def optimize(
     model_info = {
         "path": str(model_path),
         "sha256": content_hash(model_path),
-        "nodes": count_nodes(model.graph),
+        "nodes": count_nodes(model),
         "opset": model.opset_imports.get("", None),
         "inputs": [s.to_dict() for s in specs],
     }
@@ -733,7 +732,7 @@ def validate_only(
     record, validation = validate_stage(ctx, reference, candidate)
     report = Report(
         command=" ".join(shlex.quote(a) for a in sys.argv),
-        model={"path": str(reference), "sha256": content_hash(reference), "nodes": count_nodes(ref_model.graph)},
+        model={"path": str(reference), "sha256": content_hash(reference), "nodes": count_nodes(ref_model)},
         stages=[record],
         validation=validation,
         environment=environment(),

@@ -276,3 +276,14 @@ def test_optimize_fp16_through_autocast(tmp_path):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
     (output,) = report["validation"]["outputs"]
     assert 0 < output["max_rel"] < 1e-2  # FP16 rounding, not noise
+
+
+def test_optimize_synthetic_calibration_is_said_out_loud(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["optimize", str(model), "-o", str(out), "--synthetic", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    precision = next(s for s in report["stages"] if s["name"] == "precision")
+    assert precision["status"] == "ran" and precision["details"]["fingerprint"]["synthetic"] is True
+    assert any("synthetic" in w.lower() for w in report["warnings"] + precision["warnings"])
