@@ -99,26 +99,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_results(lines: list[str]) -> None:
-    from optimizer.model import write_text_atomic
+    from _results import replace_section
 
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text(encoding="utf-8")
-    section = "\n".join([
-        "## divergence_sample",
-        "",
+    replace_section("divergence_sample", "\n".join([
         f"PP-OCRv4 rec, sample data (64 calibration, 200 validation lines), tensorrt target, {datetime.date.today().isoformat()}. "
         "Reproduce: `.venv/bin/python benchmarks/divergence_sample.py`.",
         "",
         *lines,
-        "",
-    ])
-    start = text.find("## divergence_sample")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomic(path, text)
+    ]))
 
 
 if __name__ == "__main__":

@@ -448,19 +448,9 @@ rollback clone after each changing pass, node counts, four shape inferences). (3
 
 def write_results(body: str) -> None:
     """Replace (or append) the ``## graph_passes`` section of benchmarks/RESULTS.md."""
-    from optimizer.model import write_text_atomic
+    from _results import replace_section
 
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = f"## graph_passes\n\n{body}\n"
-    start = text.find("## graph_passes")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end:] if end != -1 else "")
-    write_text_atomic(path, text)
-
+    replace_section("graph_passes", body)
 
 if __name__ == "__main__":
     main()

@@ -95,32 +95,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_results(lines: list[str], iterations: int, feeds: int) -> None:
     import onnxruntime
+    from _results import replace_section
 
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     date = datetime.date.today().isoformat()
-    section = "\n".join(
+    body = "\n".join(
         [
-            "## latency_resolution",
-            "",
             f"PP-OCRv4 rec, FP32 vs INT8 (onnxruntime-cpu target, U8S8 MinMax), ONNX Runtime {onnxruntime.__version__} CPU, "
             f"1 thread, level \"all\", {iterations} interleaved iterations over {feeds} inputs per run, two runs in one process, {date}; "
             f"1-minute load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end (shared machine). "
             "Reproduce: `.venv/bin/python benchmarks/latency_resolution.py`.",
             "",
             *lines,
-            "",
         ]
     )
-    start = text.find("## latency_resolution")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    from optimizer.model import write_text_atomic
-
-    write_text_atomic(path, text)
+    replace_section("latency_resolution", body)
 
 
 if __name__ == "__main__":

@@ -374,14 +374,10 @@ def versions() -> str:
 
 
 def write_results(lines: list[str], command: str) -> None:
-    from optimizer.model import write_text_atomic
+    from _results import replace_section
 
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = "\n".join(
+    body = "\n".join(
         [
-            "## precision",
-            "",
             f"{datetime.date.today().isoformat()} · {versions()} · `{command}`",
             "",
             f"Data: PP-OCRv4 rec on the sample's rendered lines ({CALIB} calib / {VAL} val); cls on the same kind of lines, "
@@ -394,13 +390,7 @@ def write_results(lines: list[str], command: str) -> None:
             "",
         ]
     )
-    start = text.find("## precision")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    write_text_atomic(path, text)
+    replace_section("precision", body)
 
 
 def main(argv: list[str] | None = None) -> int:
