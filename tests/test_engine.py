@@ -392,16 +392,22 @@ def test_timing_cache_created_then_reported(conv_relu, tmp_path):
     assert _leftovers(tmp_path) == [] and _leftovers(cache.parent) == []
 
 
-@rtx
-def test_external_data_model_builds(tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
+def _matmul_with_weight() -> onnx.ModelProto:
+    """A MatMul whose 64 KiB weight is an initializer, ready to be saved with external data."""
     model = onnx.parser.parse_model(
         """<ir_version: 8, opset_import: ["" : 13]>
         g (float[1,64] x) => (float[1,256] y) { y = MatMul (x, w) }"""
     )
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     model.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    return model
+
+
+@rtx
+def test_external_data_model_builds(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    model = _matmul_with_weight()
     onnx.save(model, folder / "m.onnx", save_as_external_data=True, location="m.weights", size_threshold=0)
     assert (folder / "m.weights").is_file()
     result = build_engine(folder / "m.onnx", tmp_path / "m.engine", BuildConfig(), builder="tensorrt-rtx")
@@ -413,12 +419,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     # The TensorRT parser would follow the path; the model's content hash refuses it first.
     folder = tmp_path / "model"
     folder.mkdir()
-    model = onnx.parser.parse_model(
-        """<ir_version: 8, opset_import: ["" : 13]>
-        g (float[1,64] x) => (float[1,256] y) { y = MatMul (x, w) }"""
-    )
-    w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
-    model.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    model = _matmul_with_weight()
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="secret.bin", size_threshold=0)
     escaping = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     for entry in escaping.graph.initializer[0].external_data:

@@ -179,3 +179,13 @@ def text_image(shape: tuple[int, int, int, int], seed: int) -> np.ndarray:
     img = img.clip(0, 255) / 255.0
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     return ((img - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def assert_refused(pass_, model: ir.Model, reason: str) -> None:
+    """The pass leaves ``model`` unchanged, says ``reason`` among its refusals, and the output still matches."""
+    pass_.explain = True
+    out, modified = apply(pass_, model)
+    assert not modified
+    assert op_counts(out) == op_counts(model)
+    assert any(reason in r for r in pass_.refusals), pass_.refusals
+    assert_equivalent(model, out)
