@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import zipfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,11 @@ class InputStats:
     min: float | None = None
     max: float | None = None
     shapes: list[list[int]] = field(default_factory=list)
+    #: Over every sample: element-wise smallest and largest shape, and the most common one
+    #: (first seen on a tie). They size the engine profile when no shapes are given.
+    min_shape: list[int] | None = None
+    max_shape: list[int] | None = None
+    opt_shape: list[int] | None = None
 
 
 @dataclass
@@ -201,6 +207,7 @@ def validate_source(source, specs: list[TensorSpec]) -> DataFingerprint:
     stats = {s.name: InputStats(dtype=s.dtype) for s in specs}
     digest = hashlib.sha256()
     count = 0
+    shape_counts = {s.name: Counter() for s in specs}
     for index, feed in enumerate(source):
         where = sample_label(index, feed)
         if not isinstance(feed, Mapping):
@@ -215,11 +222,18 @@ def validate_source(source, specs: list[TensorSpec]) -> DataFingerprint:
             array = np.asarray(feed[name])
             _check_array(where, spec, array, named_dims)
             _update_stats(stats[name], array)
+            shape_counts[name][tuple(int(d) for d in array.shape)] += 1
             digest.update(f"{index}:{name}:{array.dtype.str}:{array.shape}".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
         count += 1
     if count == 0:
         raise InputError("the calibration data source yielded no samples")
+    for name, counts in shape_counts.items():
+        shapes = list(counts)
+        if len({len(sh) for sh in shapes}) == 1:  # ranks agree (checked above when the model declares one)
+            stats[name].min_shape = [min(dims) for dims in zip(*shapes)]
+            stats[name].max_shape = [max(dims) for dims in zip(*shapes)]
+            stats[name].opt_shape = list(counts.most_common(1)[0][0])
     return DataFingerprint(count, digest.hexdigest(), stats, bool(getattr(source, "synthetic", False)))
 
 
@@ -280,3 +294,14 @@ class Limited:
     def __len__(self) -> int:
         n = len(self.source)
         return min(n, self.limit) if self.limit else n
+
+
+def open_folder(folder: str | Path, specs: list[TensorSpec], limit: int | None = None) -> tuple[Limited, DataFingerprint]:
+    """A folder of samples, checked against the model's inputs in one pass: (source, fingerprint).
+
+    ``.npy`` samples learn the input name before any wrapping; ``limit`` keeps the first samples.
+    """
+    folder_source = NpzFolderSource(folder)
+    bind_source(folder_source, specs)
+    source = Limited(folder_source, limit)
+    return source, validate_source(source, specs)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 from optimizer.errors import ConfigError, InputError, ValidationError, VerificationError
-from optimizer.model import TensorSpec, input_specs, save_model, to_proto_bytes
+from optimizer.feeds import random_feeds, unfeedable_inputs
+from optimizer.model import TensorSpec, input_specs, to_proto_bytes
+from optimizer.runners import session_for
 
 
 @dataclass(frozen=True)
@@ -43,57 +43,47 @@ def _is_dynamic(dim) -> bool:
     return not isinstance(dim, int) or dim < 0
 
 
-def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    if dtype == np.bool_:
-        return rng.integers(0, 2, size=shape).astype(np.bool_)
-    if np.issubdtype(dtype, np.floating):
-        return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        # Small non-negative values: safe as indices, lengths and token ids.
-        return rng.integers(0, 4, size=shape).astype(dtype)
-    raise ConfigError(f"cannot generate random data of dtype {dtype}; pass feeds instead")
-
-
 def generate_feeds(
     specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]] | None, seed: int
 ) -> dict[str, np.ndarray]:
-    """Random inputs for ``specs``; ``shapes`` pins every dynamic dimension (ConfigError otherwise)."""
+    """Random inputs for ``specs``; ``shapes`` gives a full shape per input whose dims are dynamic.
+
+    Pinned shapes must agree with the model (rank, static dims): ConfigError naming the input otherwise.
+    """
     shapes = dict(shapes or {})
     unknown = sorted(set(shapes) - {s.name for s in specs})
     if unknown:
         raise ConfigError(
             f"shapes given for {unknown}, which are not inputs of the model; its inputs are {[s.name for s in specs]}"
         )
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+    full: dict[str, tuple[int, ...]] = {}
     for spec in specs:
         declared = spec.shape
         pinned = shapes.get(spec.name)
         if pinned is None:
             if declared is None or any(_is_dynamic(d) for d in declared):
                 raise ConfigError(
-                    f"input '{spec.name}' has dynamic shape {_show(declared)}: pin it, e.g. "
-                    f"shapes={{'{spec.name}': {_example(declared)}}}, or pass feeds"
+                    f"input '{spec.name}' has dynamic shape {_show(declared)}: give it with --shapes "
+                    f"'{spec.name}:{_example(declared)}' (or real data with --data DIR)"
                 )
-            shape = tuple(declared)
-        else:
-            shape = tuple(int(d) for d in pinned)
-            if declared is not None:
-                if len(shape) != len(declared):
+            full[spec.name] = tuple(declared)
+            continue
+        shape = tuple(int(d) for d in pinned)
+        if declared is not None:
+            if len(shape) != len(declared):
+                raise ConfigError(
+                    f"input '{spec.name}': pinned shape {shape} has rank {len(shape)}, the model declares "
+                    f"{_show(declared)} (rank {len(declared)})"
+                )
+            for i, (want, got) in enumerate(zip(declared, shape)):
+                if not _is_dynamic(want) and want != got:
                     raise ConfigError(
-                        f"input '{spec.name}': pinned shape {shape} has rank {len(shape)}, the model declares "
-                        f"{_show(declared)} (rank {len(declared)})"
+                        f"input '{spec.name}': pinned shape {shape} has {got} at axis {i}, the model declares {want} there"
                     )
-                for i, (want, got) in enumerate(zip(declared, shape)):
-                    if not _is_dynamic(want) and want != got:
-                        raise ConfigError(
-                            f"input '{spec.name}': pinned shape {shape} has {got} at axis {i}, the model "
-                            f"declares {want} there"
-                        )
-            if any(d < 0 for d in shape):
-                raise ConfigError(f"input '{spec.name}': pinned shape {shape} has a negative dimension")
-        feeds[spec.name] = _random_array(rng, np.dtype(spec.dtype), shape)
-    return feeds
+        if any(d < 0 for d in shape):
+            raise ConfigError(f"input '{spec.name}': pinned shape {shape} has a negative dimension")
+        full[spec.name] = shape
+    return random_feeds(specs, full, seed)
 
 
 def _show(shape) -> str:
@@ -104,15 +94,35 @@ def _show(shape) -> str:
 
 def _example(shape) -> str:
     if shape is None:
-        return "(1, 3, 224, 224)"
-    dims = [str(d) if not _is_dynamic(d) else "1" for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+        return "1x3x224x224"
+    return "x".join(str(d) if not _is_dynamic(d) else "1" for d in shape)
+
+
+#: (rtol, atol) per output dtype: an output is judged at its own precision.
+TOLERANCES = {
+    "float64": (1e-7, 1e-9),
+    "float32": (1e-4, 1e-5),
+    "float16": (2e-3, 1e-3),
+    "bfloat16": (1.6e-2, 8e-3),
+}
+
+
+def tolerance_for(dtype: np.dtype, rtol: float | None = None, atol: float | None = None) -> tuple[float, float]:
+    """The tolerance for an output of ``dtype``; explicit values override the float32 default only."""
+    default = TOLERANCES.get(np.dtype(dtype).name, TOLERANCES["float32"])
+    if np.dtype(dtype).name in ("float16", "bfloat16", "float64"):
+        return default
+    return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
 
 
 def compare(
-    reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], rtol: float, atol: float
+    reference: Mapping[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> list[OutputDiff]:
-    """Per-output differences of ``got`` against ``reference`` (see OutputDiff)."""
+    """Per-output differences of ``got`` against ``reference`` (see OutputDiff), each output at
+    its dtype's tolerance (``TOLERANCES``; ``rtol``/``atol`` override the float32 one)."""
     diffs = []
     for name, ref in reference.items():
         if name not in got:
@@ -144,37 +154,60 @@ def compare(
         # Normwise: the error against the output's own scale. Element-wise relative error is
         # ill-conditioned where an output crosses zero (a logit of 1e-3 in a vector of 1e5s).
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
-        tolerance = atol + rtol * scale
+        out_rtol, out_atol = tolerance_for(ref.dtype, rtol, atol)
+        tolerance = out_atol + out_rtol * scale
         ratio = 0.0 if max_abs == 0 else (max_abs / tolerance if tolerance > 0 else np.inf)
         diffs.append(OutputDiff(name, max_abs, max_rel, ratio))
     return diffs
 
 
 def _runner(model: ir.Model):
-    from optimizer.runners import OrtRunner
+    return session_for(model, optimization="disable")
+
+
+def _loads(model: ir.Model) -> str | None:
+    """None when ONNX Runtime can load ``model``, else why not."""
+    try:
+        _runner(model)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def structural_problem(model: ir.Model) -> str | None:
+    """What the ONNX checker (with strict shape inference) finds wrong with ``model``, or None.
+
+    Models over protobuf's limit are not checked here (the checker needs one message).
+    """
+    import onnx
 
     data = to_proto_bytes(model)
-    if data is not None:
-        return OrtRunner(data, optimization="disable")
-    # Over protobuf's limit: go through a file with external data.
-    tmp = tempfile.TemporaryDirectory(prefix="trtforge-verify-")
-    path = save_model(model, Path(tmp.name) / "model.onnx", external_data=True)
-    runner = OrtRunner(path, optimization="disable")
-    runner._tmpdir = tmp  # lives as long as the session
-    return runner
+    if data is None:
+        return None
+    try:
+        proto = onnx.load_from_string(data)
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # the checker raises ValidationError, InferenceError, ...
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
+    return None
 
 
 class Verifier:
     """Checks that a transformed model still computes what the original computed.
 
-    Reference outputs are captured once, from ONNX Runtime (CPU, graph optimisations off)
-    on ``model`` as it is at construction time. Inputs are ``feeds`` when given, else one
-    random sample generated from the declared input shapes and dtypes, with ``shapes``
-    pinning dynamic dimensions (``{"x": (1, 3, 48, 320)}``). ``check`` re-runs a transformed
-    model on the same inputs and raises VerificationError naming the pass and the worst
-    output when an output moves by more than ``atol + rtol * max|reference output|``, or
-    changes dtype, shape or NaN/inf pattern. Random integer inputs are drawn from [0, 4):
-    models that index with them need feeds or dims of at least 4.
+    Reference outputs are captured once, from ONNX Runtime (CPU, graph optimisations off) on
+    ``model`` as it is at construction time. Inputs are ``feeds`` when given (real data), else
+    one seeded random sample at ``shapes`` (``{"x": (1, 3, 48, 320)}``; dynamic dims nobody
+    pinned are resolved by ``optimizer.shapes``: batch-like 1, the rest the first size ORT runs).
+
+    Where random inputs cannot run the model (sequence or optional inputs, shape tensors and
+    indices that need a valid range, ops ONNX Runtime lacks) numeric verification is partial:
+    ``partial`` says why and how to make it full, and ``check`` still holds the ONNX checker
+    with strict shape inference. A model the checker itself rejects is an InputError.
+
+    ``check`` re-runs a transformed model on the same inputs and raises VerificationError naming
+    the pass and the worst output when an output moves by more than its dtype's tolerance
+    (``TOLERANCES``), or changes dtype, shape or NaN/inf pattern.
     """
 
     def __init__(
@@ -182,24 +215,81 @@ class Verifier:
         model: ir.Model,
         feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
         shapes: Mapping[str, Sequence[int]] | None = None,
-        rtol: float = 1e-4,
-        atol: float = 1e-5,
+        rtol: float | None = None,
+        atol: float | None = None,
         seed: int = 0,
     ) -> None:
         self.rtol, self.atol, self.seed = rtol, atol, seed
+        self.output_names = [v.name for v in model.graph.outputs]
+        self.partial: str | None = None
+        self.feeds: list[dict] = []
+        self.reference: list[dict] = []
+        self.synthetic = not feeds
         specs = input_specs(model)
         if feeds:
             self.feeds = [self._checked_feed(dict(f), specs, i) for i, f in enumerate(feeds)]
-            self.synthetic = False
         else:
-            self.feeds = [generate_feeds(specs, shapes, seed)]
-            self.synthetic = True
-        self.output_names = [v.name for v in model.graph.outputs]
+            self.feeds = self._random_feeds(model, specs, shapes)
+        self._unloadable = False
+        self._baseline_problem: str | None = None
+        if self.feeds:
+            self._take_reference(model)
+        if self.partial is not None:
+            self._baseline_problem = structural_problem(model)
+            if self._baseline_problem is not None and not self._unloadable:
+                self._unloadable = _loads(model) is not None
+            if self._unloadable and self._baseline_problem is not None:
+                raise InputError(
+                    f"this model is invalid: {self._baseline_problem}; fix it at its source (the exporter) and retry"
+                )
+
+    def _random_feeds(self, model: ir.Model, specs, shapes) -> list[dict]:
+        blocked = unfeedable_inputs(model)
+        if blocked:
+            self.partial = f"{next(iter(blocked.values()))}: random inputs cannot stand for it"
+            return []
+        pinned = dict(shapes or {})
+        unpinned = [s for s in specs if s.name not in pinned and (s.shape is None or any(_is_dynamic(d) for d in s.shape))]
+        if unpinned:
+            from optimizer.feeds import ort_probe
+            from optimizer.shapes import ShapeProfile, resolve_shapes
+
+            given = ShapeProfile({n: (tuple(v), tuple(v), tuple(v)) for n, v in pinned.items()}) if pinned else None
+            resolved = resolve_shapes(specs, profiles=[given] if given else [], probe=ort_probe(model))
+            if resolved.unresolved:
+                self.partial = next(iter(resolved.unresolved.values()))
+                return []
+            pinned = {**resolved.opt(), **pinned}
+        return [generate_feeds(specs, pinned, self.seed)]
+
+    def _take_reference(self, model: ir.Model) -> None:
         try:
             runner = _runner(model)
+        except InputError as exc:
+            self.partial = f"ONNX Runtime cannot load the original model ({exc})"
+            self.feeds, self._unloadable = [], True
+            return
+        try:
             self.reference = [runner.run(f, self.output_names) for f in self.feeds]
         except (InputError, ValidationError) as exc:
-            raise InputError(f"cannot take reference outputs of the original model: {exc}") from None
+            if not self.synthetic:
+                raise InputError(f"the original model does not run on the given data: {exc}") from None
+            self.partial = f"ONNX Runtime cannot run the original model on random inputs ({exc})"
+            self.feeds, self.reference = [], []
+
+    @property
+    def numeric(self) -> bool:
+        """True when ``check`` compares outputs (else it checks structure only: see ``partial``)."""
+        return bool(self.reference)
+
+    def describe_partial(self) -> str | None:
+        """One line for the user when numeric verification was partial, with the way to make it full."""
+        if self.partial is None:
+            return None
+        return (
+            f"numeric verification was partial: {self.partial}; the ONNX checker, shape inference and the I/O "
+            f"signature were verified; pass real samples with --data DIR for full verification"
+        )
 
     @staticmethod
     def _checked_feed(feed: dict, specs: Sequence[TensorSpec], index: int) -> dict:
@@ -217,6 +307,8 @@ class Verifier:
 
     def measure(self, model: ir.Model) -> list[OutputDiff]:
         """Per-output error of ``model`` against the reference, worst sample per output."""
+        if not self.reference:
+            return []
         runner = _runner(model)
         worst: dict[str, OutputDiff] = {}
         for feed, ref in zip(self.feeds, self.reference):
@@ -229,12 +321,21 @@ class Verifier:
 
     def check(self, model: ir.Model, after_pass: str) -> list[OutputDiff]:
         """Raise VerificationError when ``model`` no longer matches the reference; else the diffs."""
+        if not self.reference:
+            # A problem the original already had (strict inference failing on a valid graph) is not the pass's.
+            problem = structural_problem(model) if self._baseline_problem is None else None
+            if problem is not None:
+                raise VerificationError(
+                    f"after pass '{after_pass}' the model fails the ONNX checker: {problem}; rerun without it "
+                    f"(--skip {after_pass})"
+                )
+            return []
         try:
             diffs = self.measure(model)
         except (InputError, ValidationError) as exc:
             raise VerificationError(
                 f"after pass '{after_pass}' the model no longer runs in ONNX Runtime: {exc}; "
-                f"rerun without it (skip=['{after_pass}'])"
+                f"rerun without it (--skip {after_pass})"
             ) from None
         bad = [d for d in diffs if not d.ok]
         if bad:
@@ -242,6 +343,6 @@ class Verifier:
             more = f" ({len(bad) - 1} more outputs out of tolerance)" if len(bad) > 1 else ""
             raise VerificationError(
                 f"pass '{after_pass}' changed what the model computes: {worst.describe()} "
-                f"(tolerance rtol={self.rtol:g}, atol={self.atol:g}){more}; rerun without it (skip=['{after_pass}'])"
+                f"(tolerance per output dtype){more}; rerun without it (--skip {after_pass})"
             )
         return diffs

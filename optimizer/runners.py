@@ -53,8 +53,11 @@ class OrtRunner:
     ) -> None:
         import onnxruntime as ort
 
+        # Errors come back as exceptions (one line each); ORT's own logger would print them
+        # a second time, with colour codes, to the user's terminal.
+        ort.set_default_logger_severity(4)
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -84,3 +87,24 @@ class OrtRunner:
             raise ValidationError(f"ONNX Runtime failed to run the model: {first_line(exc, 300)}") from None
         return dict(zip(names, values))
 
+
+
+def session_for(model, **options) -> OrtRunner:
+    """An ONNX Runtime CPU session over an in-memory ``onnx_ir.Model`` of any size.
+
+    Under protobuf's 2 GB limit the model is serialised to bytes; above it, it goes through a
+    temporary file with external data that lives as long as the returned runner. ``options``
+    are OrtRunner's (``threads``, ``optimization``, ``providers``).
+    """
+    import tempfile
+
+    from optimizer.model import save_model, to_proto_bytes
+
+    data = to_proto_bytes(model)
+    if data is not None:
+        return OrtRunner(data, **options)
+    tmp = tempfile.TemporaryDirectory(prefix="trtforge-session-")
+    path = save_model(model, Path(tmp.name) / "model.onnx", external_data=True)
+    runner = OrtRunner(path, **options)
+    runner.keepalive = tmp  # the session reads external data lazily: keep the folder with it
+    return runner

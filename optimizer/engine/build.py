@@ -109,6 +109,7 @@ class BuildResult:
     store_key: str | None = None  # the engine store entry this engine is in (None: the store was not used)
     store_hit: bool | None = None  # True: copied from the store, no build ran; None: the store was not used
     sparse_2_4_weights: int = 0  # Conv/MatMul/Gemm weights that are 2:4 sparse (what sparse_weights can use)
+    profiles: list[str] = field(default_factory=list)  # the optimization profiles, in the shape language
 
 
 # --- files -------------------------------------------------------------------------------
@@ -394,6 +395,7 @@ def build_engine(
         target=build_target(trt, flavour, config),
         build_device=device_compute_capability(),
         sparse_2_4_weights=len(sparse),
+        profiles=[p.spec() for p in config.profiles],
     )
     sidecar = {
         "schema": SIDECAR_SCHEMA,

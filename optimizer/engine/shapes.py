@@ -1,98 +1,17 @@
-"""Optimization profiles: the min/opt/max shape range an engine accepts per input.
+"""Optimization profiles checked against a parsed TensorRT network.
 
-Spec syntax (CLI ``--shapes``, recipe ``build.shapes``)::
-
-    x:1x3x48x80,1x3x48x320,4x3x48x960          min,opt,max
-    x:1x3x48x320                               one shape: min = opt = max
-    x:1x3x48x80,1x3x48x320,4x3x48x960;mask:1x80,1x320,4x960   several inputs
-
-The name is everything before the last ``:`` so TensorFlow-style names (``input:0``) work.
+The shape language and its parser live in ``optimizer.shapes`` (one for every command and the
+recipe); this module checks a profile against what TensorRT's parser made of the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from optimizer.errors import ConfigError
+from optimizer.shapes import Shape, ShapeProfile, format_shape, parse_shapes
 
-Shape = tuple[int, ...]
-
-
-def format_shape(shape: Shape) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-@dataclass
-class ShapeProfile:
-    """One optimization profile: ``shapes[input] = (min, opt, max)``."""
-
-    shapes: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Validated here too (not only in parse_shapes) because recipes and the Python API
-        # construct profiles directly.
-        self.shapes = {name: _check_range(name, rng) for name, rng in self.shapes.items()}
-
-    def spec(self) -> str:
-        return ";".join(f"{n}:{','.join(format_shape(s) for s in r)}" for n, r in self.shapes.items())
-
-
-def _check_range(name: str, rng: Any) -> tuple[Shape, Shape, Shape]:
-    if len(rng) != 3:
-        raise ConfigError(f"shape profile for input {name!r} needs 3 shapes (min, opt, max), got {len(rng)}")
-    lo, opt, hi = (tuple(int(d) for d in s) for s in rng)
-    if not len(lo) == len(opt) == len(hi):
-        raise ConfigError(
-            f"shape profile for input {name!r}: min, opt and max have different ranks "
-            f"({format_shape(lo)}, {format_shape(opt)}, {format_shape(hi)}); give each the input's full shape"
-        )
-    if any(d < 1 for d in lo + opt + hi):
-        raise ConfigError(f"shape profile for input {name!r}: every dimension must be >= 1")
-    for axis, (a, b, c) in enumerate(zip(lo, opt, hi)):
-        if not a <= b <= c:
-            raise ConfigError(
-                f"shape profile for input {name!r}, dim {axis}: need min <= opt <= max, got {a}, {b}, {c}; "
-                f"reorder the shapes as min,opt,max"
-            )
-    return lo, opt, hi
-
-
-def _parse_dims(text: str, where: str) -> Shape:
-    try:
-        dims = tuple(int(d) for d in text.strip().lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"bad shape {text.strip()!r} in {where!r}: write dims joined by x, like 1x3x48x320") from None
-    return dims
-
-
-def parse_shapes(spec: str | list[str] | tuple[str, ...]) -> ShapeProfile:
-    """Parse one profile from ``--shapes`` text; a list holds repeated options."""
-    items = [spec] if isinstance(spec, str) else list(spec)
-    shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
-    for item in items:
-        for part in str(item).split(";"):
-            part = part.strip()
-            if not part:
-                continue
-            name, sep, ranges = part.rpartition(":")
-            name = name.strip()
-            if not sep or not name or not ranges.strip():
-                raise ConfigError(
-                    f"bad shape spec {part!r}: write input:min,opt,max with dims joined by x, "
-                    f"like x:1x3x48x80,1x3x48x320,4x3x48x960"
-                )
-            dims = [_parse_dims(s, part) for s in ranges.split(",")]
-            if len(dims) == 1:
-                dims = dims * 3  # a fixed shape
-            if len(dims) != 3:
-                raise ConfigError(f"bad shape spec {part!r}: give 1 shape or 3 (min,opt,max), got {len(dims)}")
-            if name in shapes:
-                raise ConfigError(f"input {name!r} appears twice in the shape spec; give it once per profile")
-            shapes[name] = (dims[0], dims[1], dims[2])
-    if not shapes:
-        raise ConfigError("empty shape spec: write input:min,opt,max, like x:1x3x48x80,1x3x48x320,4x3x48x960")
-    return ShapeProfile(shapes)
+__all__ = ["ShapeProfile", "check_profile", "format_shape", "parse_shapes", "require_profiles"]
 
 
 def network_inputs(network: Any) -> dict[str, Shape]:

@@ -8,7 +8,7 @@ from gp_helpers import op_counts, parse
 from graph_passes import Verifier, run_passes
 from graph_passes._base import GraphPass
 from graph_passes.verify import compare
-from optimizer.errors import ConfigError, VerificationError
+from optimizer.errors import ConfigError, InputError, VerificationError
 
 DYNAMIC = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -66,11 +66,66 @@ class BreakModel(GraphPass):
         return ir.passes.PassResult(model, True)
 
 
-def test_unpinned_dynamic_dim_is_a_config_error_naming_the_input():
-    model = parse(DYNAMIC)
-    with pytest.raises(ConfigError) as err:
-        Verifier(model)
-    assert "'x'" in str(err.value) and "shapes=" in str(err.value)
+def test_unpinned_dynamic_dim_is_resolved_not_refused():
+    """Zero config: the batch-like dim N gets 1, and verification is numeric."""
+    verifier = Verifier(parse(DYNAMIC))
+    assert verifier.partial is None and verifier.numeric
+    assert verifier.feeds[0]["x"].shape == (1, 3)
+
+
+SEQUENCE_INPUT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (seq(float[3]) s) => (float[3] y) {
+  zero = Constant<value = int64 {0}>()
+  y = SequenceAt(s, zero)
+}
+"""
+
+
+def test_a_sequence_input_gives_partial_verification_that_still_checks_structure():
+    model = parse(SEQUENCE_INPUT)
+    verifier = Verifier(model)
+    assert not verifier.numeric and "sequence" in verifier.partial
+    assert "--data DIR" in verifier.describe_partial()
+    assert verifier.check(model, "noop") == []
+    broken = parse(SEQUENCE_INPUT)
+    next(iter(broken.graph)).op_type = "NoSuchOp"
+    with pytest.raises(VerificationError, match="fails the ONNX checker"):
+        verifier.check(broken, "break_model")
+
+
+SHAPE_TENSOR_INPUT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N] x, int64[2] target) => (float[A, B] y) {
+  y = Reshape(x, target)
+}
+"""
+
+
+def test_random_inputs_that_cannot_run_the_model_give_partial_verification():
+    """A shape-tensor input: random [0, 4) values rarely reshape x; never a refusal."""
+    verifier = Verifier(parse(SHAPE_TENSOR_INPUT), shapes={"x": (7,)})
+    assert not verifier.numeric and "cannot run the original model on random inputs" in verifier.partial
+
+
+def test_a_model_onnx_runtime_cannot_load_and_the_checker_rejects_is_invalid():
+    bad = parse(DYNAMIC)
+    next(iter(bad.graph)).op_type = "NoSuchOp"
+    with pytest.raises(InputError, match="this model is invalid"):
+        Verifier(bad, shapes={"x": (2, 3)})
+
+
+def test_verification_feeds_over_the_size_limit_are_refused_before_allocation(monkeypatch):
+    monkeypatch.setenv("TRTFORGE_MAX_FEED_BYTES", str(1 << 20))
+    with pytest.raises(InputError, match="over the .* limit"):
+        Verifier(parse(DYNAMIC), shapes={"x": (1 << 40, 3)})
+
+
+def test_fp16_outputs_are_judged_at_fp16_precision():
+    ref = {"h": np.array([1.0, 2.0], np.float16), "f": np.array([1.0, 2.0], np.float32)}
+    off = {"h": np.array([1.0, 2.002], np.float16), "f": np.array([1.0, 2.002], np.float32)}
+    diffs = {d.name: d for d in compare(ref, off)}
+    assert diffs["h"].ok and not diffs["f"].ok
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,128 @@
+"""Random feeds for a model's inputs: the one generator behind shape probing and pass verification.
+
+Sizes are checked before anything is allocated: a feed set larger than ``max_feed_bytes()``
+(``TRTFORGE_MAX_FEED_BYTES``, default 2 GiB) is refused with one line, so a hostile model that
+declares a 2^40 dim costs nothing. Inputs that random data cannot stand for (sequences,
+optionals, maps) are named by ``unfeedable_inputs``; callers then verify what they can.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.errors import ConfigError, InputError
+from optimizer.model import TensorSpec
+
+DEFAULT_MAX_FEED_BYTES = 2 << 30
+
+
+def max_feed_bytes() -> int:
+    """The largest random feed set trtforge allocates (env ``TRTFORGE_MAX_FEED_BYTES``)."""
+    text = os.environ.get("TRTFORGE_MAX_FEED_BYTES", "")
+    try:
+        return int(text) if text else DEFAULT_MAX_FEED_BYTES
+    except ValueError:
+        raise ConfigError(f"TRTFORGE_MAX_FEED_BYTES is {text!r}; set it to a number of bytes") from None
+
+
+def unfeedable_inputs(model: ir.Model) -> dict[str, str]:
+    """Graph inputs random tensors cannot stand for, with the reason."""
+    reasons = {}
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        kind = type(value.type).__name__ if value.type is not None else None
+        if value.type is not None and not isinstance(value.type, ir.TensorType):
+            reasons[value.name] = f"input '{value.name}' is a {kind.replace('Type', '').lower()}, not a tensor"
+        elif value.dtype is None:
+            reasons[value.name] = f"input '{value.name}' has no element type"
+    return reasons
+
+
+def _nbytes(dtype: np.dtype, shape: Sequence[int]) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count * max(dtype.itemsize, 1)
+
+
+def check_feed_size(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]]) -> None:
+    """InputError before any allocation when the feeds would exceed ``max_feed_bytes()``."""
+    limit = max_feed_bytes()
+    total = 0
+    for spec in specs:
+        shape = shapes.get(spec.name)
+        if shape is None:
+            continue
+        dtype = np.dtype(spec.dtype) if spec.dtype not in ("unknown", "object") else np.dtype(np.float32)
+        total += _nbytes(dtype, shape)
+        if total > limit:
+            raise InputError(
+                f"input '{spec.name}' of shape {list(shape)} would need {total / 2**30:.3g} GiB of random data, over the "
+                f"{limit / 2**30:.3g} GiB limit; give smaller --shapes/--dim, real data with --data DIR, "
+                f"or raise TRTFORGE_MAX_FEED_BYTES"
+            )
+
+
+def random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform [-1, 1) floats; small non-negative integers [0, 4), safe as indices, lengths and ids."""
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    if np.issubdtype(dtype, np.floating) or dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, 4, size=shape).astype(dtype)
+    if dtype == np.object_:
+        return rng.choice(np.array(["a", "b", "c"], dtype=object), size=shape)
+    raise ConfigError(f"cannot generate random data of dtype {dtype}; pass real data with --data DIR")
+
+
+def random_feeds(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs at exactly ``shapes`` (one full shape per input); size-checked first."""
+    missing = [s.name for s in specs if s.name not in shapes]
+    if missing:
+        raise ConfigError(f"no shape for input(s) {missing}; give them with --shapes")
+    check_feed_size(specs, shapes)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        dtype = np.dtype(object) if spec.dtype == "object" else np.dtype(spec.dtype)
+        feeds[spec.name] = random_array(rng, dtype, tuple(int(d) for d in shapes[spec.name]))
+    return feeds
+
+
+def ort_probe(model: ir.Model):
+    """``probe(shapes) -> None | reason``: does ONNX Runtime run ``model`` on random inputs of ``shapes``?
+
+    The session is built once, on first use, and shared by every probe (a session is
+    shape-agnostic), so trying a ladder of sizes costs one load and a few small runs.
+    """
+    from optimizer.errors import TrtforgeError
+    from optimizer.model import input_specs
+    from optimizer.runners import session_for
+
+    specs = input_specs(model)
+    blocked = unfeedable_inputs(model)
+    state: dict = {}
+
+    def probe(shapes: Mapping[str, Sequence[int]]) -> str | None:
+        if blocked:
+            return next(iter(blocked.values()))
+        if "runner" not in state:
+            try:
+                state["runner"] = session_for(model, optimization="disable")
+            except TrtforgeError as exc:
+                state["runner"], state["load_error"] = None, " ".join(str(exc).split())[:300]
+        if state["runner"] is None:
+            return state["load_error"]
+        try:
+            state["runner"].run(random_feeds(specs, shapes, seed=0))
+        except TrtforgeError as exc:
+            return " ".join(str(exc).split())[:300]
+        return None
+
+    return probe
