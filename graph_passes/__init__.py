@@ -49,6 +49,8 @@ class PassRecord:
     notes: list[str] = field(default_factory=list)
     #: With ``explain``: one line per node a rule matched but refused, with the reason.
     refusals: list[str] = field(default_factory=list)
+    #: Set when the pass raised, broke the signature or changed the outputs: it was rolled back.
+    warning: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +61,7 @@ class PassRecord:
             "seconds": round(self.seconds, 4),
             "notes": list(self.notes),
             "refusals": list(self.refusals),
+            "warning": self.warning,
         }
 
 
@@ -123,23 +126,55 @@ def run_passes(
     explain: bool = False,
     opset: int | None = None,
     specialize: Mapping[str, Sequence[int]] | None = None,
+    strict: bool = False,
 ) -> list[PassRecord]:
     """Run passes on ``model`` in place, in the order given (default: DEFAULT_PASSES).
 
     ``names`` holds pass names, or pass instances for passes outside the library (a
     project's own ``GraphPass``); ``skip`` removes names from the list.
 
-    Callers pass a model they own (``model.clone()`` keeps an original). After each pass
-    the model's signature (names and dtypes of the inputs a caller feeds and of all
-    outputs) must be unchanged, and with a ``verifier`` its outputs must still match the
-    reference. A pass that raises, changes the signature or fails verification is rolled
-    back (the model holds every pass before it) and the error names it: PassError, or
-    VerificationError (exit code 1) for a numeric change. With ``explain`` each record
-    lists, per node a pass's pattern matched but its check refused, the reason. ``opset``
-    first upgrades the model with onnx's version converter (``convert_opset``), verified like
-    a pass. ``specialize`` pins the named inputs' dynamic dims first (static-shape
-    specialisation: ``{"x": (1, 3, 48, 320)}``); the model then runs at those shapes only.
+    Callers pass a model they own (``model.clone()`` keeps an original). After each pass the
+    model's signature (names and dtypes of the inputs a caller feeds and of all outputs) must
+    be unchanged. A pass that raises or changes the signature is rolled back (the model holds
+    every pass before it), named in its record's ``warning``, and the run goes on with the
+    next pass; with ``strict`` it is an error instead (PassError).
+
+    With a ``verifier`` the outputs are checked once, at the end (the verifier took its
+    reference on the original). Only when that check fails are the intermediate states
+    bisected to name the first pass that broke the outputs (O(log n) more runs, one ONNX
+    Runtime session at a time); that pass is rolled back and warned about and the passes
+    after it run again without it, or with ``strict`` VerificationError (exit code 1) is
+    raised with the model as it was before that pass.
+
+    With ``explain`` each record lists, per node a pass's pattern matched but its check
+    refused, the reason. ``opset`` first upgrades the model with onnx's version converter
+    (``convert_opset``), treated like a pass. ``specialize`` pins the named inputs' dynamic
+    dims first (static-shape specialisation: ``{"x": (1, 3, 48, 320)}``); the model then
+    runs at those shapes only.
     """
+    plan = _plan(names, skip, opset)
+    records: list[PassRecord] = []
+    if specialize:
+        before = count_nodes(model)
+        notes = specialize_input_shapes(model, specialize)
+        records.append(PassRecord("specialize_input_shapes", True, before, before, 0.0, notes))
+    run = _Run(model, records, explain=explain, strict=strict, keep_history=verifier is not None)
+    run.apply(plan, 0)
+    while verifier is not None and run.history:
+        failed_at = _verify_end(run, verifier)
+        if failed_at is None:
+            break
+        # Roll back the culprit (strict: raise); the passes after it run again without it.
+        step, error = failed_at
+        run.roll_back(step, error)
+        if strict:
+            raise error
+        run.apply(plan, step.plan_index + 1)
+    return records
+
+
+def _plan(names, skip: Sequence[str], opset: int | None) -> list[tuple[str, GraphPass]]:
+    """(name, instance) per pass to run, in order; ConfigError for unknown names."""
     registry = _registry()
     requested = list(DEFAULT_PASSES if names is None else names)
     unknown = [n for n in (*requested, *skip) if isinstance(n, str) and n not in registry]
@@ -150,76 +185,161 @@ def run_passes(
         )
     if opset is not None:
         requested.insert(0, ConvertOpset(opset))
-    records: list[PassRecord] = []
-    # The state to roll back to. A pass that reports no change leaves it valid, so the
-    # model is cloned only before the first pass and after each one that changed it.
-    snapshot: Snapshot | None = None
-    if specialize:
-        before = count_nodes(model)
-        notes = specialize_input_shapes(model, specialize)
-        records.append(PassRecord("specialize_input_shapes", True, before, before, 0.0, notes))
+    plan = []
     for entry in requested:
         pass_ = registry[entry]() if isinstance(entry, str) else entry
         if not pass_.in_place:
             raise ConfigError(f"{pass_!r} is not an in-place pass; run_passes transforms the model it is given")
         name = getattr(pass_, "name", "") or type(pass_).__name__
-        if name in skip:
-            continue
+        if name not in skip:
+            plan.append((name, pass_))
+    return plan
+
+
+@dataclass
+class _Step:
+    """A pass that changed the model: where it sits, its record, and the state before it."""
+
+    plan_index: int
+    record: PassRecord
+    before: Snapshot
+
+
+class _Run:
+    """Applies a plan of passes to a model, rolling back passes that raise, keeping history.
+
+    ``history`` holds one ``_Step`` per pass that changed the model since the last state known
+    to be good (kept only when verifying: the snapshots share tensors, so each costs the
+    graph's structure, not its weights).
+    """
+
+    def __init__(self, model: ir.Model, records: list[PassRecord], *, explain: bool, strict: bool, keep_history: bool):
+        self.model, self.records = model, records
+        self.explain, self.strict, self.keep_history = explain, strict, keep_history
+        self.history: list[_Step] = []
+        # The state to roll back to. A pass that reports no change leaves it valid, so the
+        # model is cloned only before the first pass and after each one that changed it.
+        self._snapshot: Snapshot | None = None
+
+    def apply(self, plan: list[tuple[str, GraphPass]], start: int) -> None:
+        for index in range(start, len(plan)):
+            name, pass_ = plan[index]
+            if self._snapshot is None:
+                self._snapshot = Snapshot(self.model)
+            record = self._apply_one(name, pass_)
+            self.records.append(record)
+            if record.modified:
+                if self.keep_history:
+                    self.history.append(_Step(index, record, self._snapshot))
+                self._snapshot = None
+
+    def _apply_one(self, name: str, pass_: GraphPass) -> PassRecord:
+        model = self.model
         if isinstance(pass_, GraphPass):
-            pass_.explain = explain
-        if snapshot is None:
-            snapshot = Snapshot(model)
-        signature = _signature(model)
-        io_shapes = _declared_io_shapes(model)
-        nodes_before = count_nodes(model)
+            pass_.explain = self.explain
+        signature, io_shapes, nodes_before = _signature(model), _declared_io_shapes(model), count_nodes(model)
         start = time.perf_counter()
         try:
             result = pass_(model)
         except ConfigError:
-            snapshot.restore(model)
+            self._restore()
             raise
         except Exception as exc:
-            snapshot.restore(model)
-            raise PassError(
-                f"pass '{name}' failed on this model ({type(exc).__name__}: {_one_line(exc)}); the model was "
-                f"left as it was before the pass; rerun without it (skip=['{name}'])"
-            ) from exc
+            return self._failed(
+                name,
+                nodes_before,
+                f"pass '{name}' failed on this model ({type(exc).__name__}: {_one_line(exc)}); it was rolled back",
+                exc,
+            )
         seconds = time.perf_counter() - start
         _keep_declared_io_shapes(model, io_shapes)
+        if not _same_signature(signature, _signature(model)):
+            after = _signature(model)
+            return self._failed(
+                name,
+                nodes_before,
+                f"pass '{name}' changed the model's inputs/outputs (names, dtypes) from {signature} to {after}; "
+                "this is a bug in the pass; it was rolled back",
+            )
         notes = list(getattr(pass_, "notes", []))
         refusals = list(getattr(pass_, "refusals", []))
-        if refusals and not explain:
+        if refusals and not self.explain:
             notes.append(f"refused {len(refusals)} matches (explain=True says why)")
-        if not _same_signature(signature, _signature(model)):
-            before, after = signature, _signature(model)
-            snapshot.restore(model)
-            raise PassError(
-                f"pass '{name}' changed the model's inputs/outputs (names, dtypes) from {before} to {after}; "
-                "this is a bug in the pass; it was rolled back"
-            )
-        if verifier is not None and result.modified:
-            try:
-                diffs = verifier.check(model, after_pass=name)
-            except VerificationError:
-                snapshot.restore(model)
-                raise
-            worst = max(diffs, key=lambda d: d.ratio, default=None)
-            if worst is not None:
-                notes.append(f"verified: worst {worst.describe()}")
-        records.append(
-            PassRecord(
-                name=name,
-                modified=result.modified,
-                nodes_before=nodes_before,
-                nodes_after=count_nodes(model),
-                seconds=seconds,
-                notes=notes,
-                refusals=refusals if explain else [],
-            )
+        return PassRecord(
+            name=name,
+            modified=result.modified,
+            nodes_before=nodes_before,
+            nodes_after=count_nodes(model),
+            seconds=seconds,
+            notes=notes,
+            refusals=refusals if self.explain else [],
         )
-        if result.modified:
-            snapshot = None
-    return records
+
+    def _restore(self) -> None:
+        self._snapshot.restore(self.model)
+        self._snapshot = None
+
+    def _failed(self, name: str, nodes: int, message: str, cause: Exception | None = None) -> PassRecord:
+        self._restore()
+        if self.strict:
+            hint = f"rerun without it (--skip {name}), or without --strict to skip it and go on"
+            raise PassError(f"{message}; {hint}") from cause
+        warning = f"{message}; the run went on without it"
+        return PassRecord(name, False, nodes, nodes, 0.0, [warning], warning=warning)
+
+    def roll_back(self, step: _Step, error: VerificationError) -> None:
+        """Put the model back to the state before ``step``; records after it are dropped."""
+        step.before.restore(self.model)
+        # The state before the culprit was checked good (or is the original): bisections
+        # after this start from it.
+        self.history = []
+        self._snapshot = None
+        position = next(i for i, r in enumerate(self.records) if r is step.record)
+        del self.records[position + 1 :]
+        record = step.record
+        record.modified, record.nodes_after = False, record.nodes_before
+        record.warning = f"{_one_line(error)}; it was rolled back" + ("" if self.strict else " and the run went on without it")
+        record.notes.append(record.warning)
+
+    def mark_verified(self) -> None:
+        """Everything applied so far is checked: later bisections start from here."""
+        self.history.clear()
+
+
+def _verify_end(run: _Run, verifier: Verifier) -> tuple[_Step, VerificationError] | None:
+    """Check the model once; on failure bisect ``run.history`` for the first breaking pass.
+
+    States: S_0 (before history[0], known good) ... S_n (the model now). Returns the step
+    whose pass turned a good state into a failing one, with the error that names it.
+    """
+    history, model = run.history, run.model
+    try:
+        diffs = verifier.check(model, after_pass=history[-1].record.name)
+    except VerificationError as error:
+        last_error = error
+    else:
+        last = history[-1].record
+        worst = max(diffs, key=lambda d: d.ratio, default=None)
+        if worst is not None:
+            last.notes.append(f"verified: worst {worst.describe()} (one check after all passes)")
+        partial = getattr(verifier, "partial", None)
+        if partial:
+            line = verifier.describe_partial() if hasattr(verifier, "describe_partial") else partial
+            last.notes.append(line)
+        run.mark_verified()
+        return None
+    good, bad = 0, len(history)
+    errors = {bad: last_error}
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        try:
+            # S_mid is the state before history[mid], i.e. right after history[mid - 1] ran.
+            verifier.check(history[mid].before.model, after_pass=history[mid - 1].record.name)
+        except VerificationError as error:
+            bad, errors[mid] = mid, error
+        else:
+            good = mid
+    return history[bad - 1], errors[bad]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "Snapshot",
     "all_graphs",
     "count_nodes",
+    "infer_shapes",
     "live_weight_bytes",
     "quiet_logger",
     "summarize_counts",
@@ -162,6 +163,42 @@ def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
         logger.setLevel(old)
 
 
+def infer_shapes(model: ir.Model) -> None:
+    """ONNX shape inference (non-strict) merged into ``model``: shapes and types of values.
+
+    onnx-ir's ShapeInferencePass merges only a dtype and a shape per value, which turns a
+    sequence or optional value into a tensor of its element type (an invalid model). Here
+    the whole inferred type is taken where it is not a tensor type, and a value already typed
+    as a sequence/optional keeps its type. If inference fails the model is left as it is.
+    """
+    import onnx
+
+    from onnx_ir.passes.common import _c_api_utils
+
+    def infer(proto):
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
+
+    try:
+        with quiet_logger("onnx_ir.passes.common._c_api_utils"):
+            inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+    except Exception:  # inference is best effort: passes that need shapes then refuse
+        return
+    for graph, inferred_graph in zip(model.graphs(), inferred.graphs()):
+        known = ir.convenience.create_value_mapping(inferred_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            new = known.get(name)
+            if new is None or new.type is None:
+                continue
+            if not isinstance(new.type, ir.TensorType) or (value.type is not None and not isinstance(value.type, ir.TensorType)):
+                if value.type is None:
+                    value.type = new.type
+                continue
+            if new.shape is not None and value.shape != new.shape:
+                value.shape = new.shape
+            if new.dtype is not None and value.dtype != new.dtype:
+                value.dtype = new.dtype
+
+
 class Snapshot:
     """A cheap copy of a model's structure (tensors are shared), to roll a pass back.
 
@@ -171,6 +208,11 @@ class Snapshot:
 
     def __init__(self, model: ir.Model) -> None:
         self._clone = model.clone()
+
+    @property
+    def model(self) -> ir.Model:
+        """The saved state, to read (verify) without restoring it. Do not mutate it."""
+        return self._clone
 
     def restore(self, model: ir.Model) -> None:
         """Put the snapshot's structure back into ``model`` (the same object stays valid). Use once."""

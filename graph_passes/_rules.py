@@ -83,13 +83,10 @@ class RulePass:
         if not rules:
             return ir.passes.PassResult(model, modified=False)
         if self.reads_shapes:
-            from onnx_ir.passes.common import ShapeInferencePass
-
-            from graph_passes._base import quiet_logger, untrusted_shapes
+            from graph_passes._base import infer_shapes, untrusted_shapes
 
             with untrusted_shapes(model):
-                with quiet_logger("onnx_ir.passes.common.shape_inference"):
-                    ShapeInferencePass(strict_mode=False)(model)
+                infer_shapes(model)
                 fired, refusals = apply_rules(model, rules, explain=self.explain)
         else:
             fired, refusals = apply_rules(model, rules, explain=self.explain)

@@ -19,6 +19,8 @@ from graph_passes.fuse_hard_activations import FuseHardActivations
 from graph_passes.fuse_layer_norm import FuseLayerNorm
 from graph_passes.fuse_matmul_add_into_gemm import FuseMatmulAddIntoGemm
 from graph_passes.fuse_pad_into_conv import FusePadIntoConv
+from graph_passes.fuse_space_to_depth import FuseSpaceToDepth
+from graph_passes.hoist_if_branch_common import HoistIfBranchCommon
 from graph_passes.lift_constants import LiftConstants
 from graph_passes.remove_dropout import RemoveDropout
 from graph_passes.remove_identity import RemoveIdentity
@@ -59,8 +61,15 @@ DEFAULT_ORDER: list[type[GraphPass]] = [
     FuseMatmulAddIntoGemm,
     # After folding: the pads must be literal initializers.
     FusePadIntoConv,
+    # After folding: the Slices' starts/ends/steps must be literal; the Conv weight it
+    # permutes must be a constant (folded, BN already folded into it).
+    FuseSpaceToDepth,
     # After folding, so folded 1s and 0s are seen; leaves Identities it removes itself.
     RemoveNoopOps,
+    # After the folds (what folds inside a branch, e.g. a Shape of a known value, is gone,
+    # not hoisted), before CSE: what both branches of an If still compute from outer values
+    # moves in front of the If, where CSE merges it with equal work outside.
+    HoistIfBranchCommon,
     # After every pass that creates initializers (lift, fold, BN folding).
     DeduplicateInitializers,
     # After deduplication: CSE compares inputs by identity, so merged initializers make

@@ -7,8 +7,14 @@ what deployment needs and the folder does not promise:
 - a byte cap per folded tensor (the folder's own limit counts elements and is waived when
   the inputs die, so one Tile can still write hundreds of MB), except for a Reshape/Transpose/
   Squeeze/Unsqueeze/Flatten of a weight only it reads (same bytes, and the input dies);
-- a cap on the growth of the model's live weight bytes, checked before/after; when a run
-  grows the model by more than the cap it is rolled back as a whole;
+- computed weights are folded whatever their size: the constant subgraph feeding a weight
+  or bias input of Conv/ConvTranspose/Gemm/MatMul (onnx's zoo models make every weight with
+  ``ConstantOfShape``). TensorRT fuses and quantizes only constant weights, so there the
+  bytes are the price of a deployable model; elsewhere ``ConstantOfShape`` folds only under
+  the cap (onnxscript never folds it);
+- a cap on the growth of the model's live weight bytes, not counting the tensors in weight
+  slots, checked before/after; when a run grows the model by more than the cap it is rolled
+  back as a whole;
 - declared shapes of intermediate values and outputs are not trusted: they are dropped and
   re-inferred from the inputs, so a wrong value_info cannot be baked into a folded ``Shape``.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx_ir as ir
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -26,6 +33,7 @@ from graph_passes._base import (
     Snapshot,
     count_nodes,
     live_weight_bytes,
+    quiet_logger,
     summarize_counts,
     untrusted_shapes,
 )
@@ -44,22 +52,59 @@ def _capped_folder_class():
     class CappedFoldConstants(FoldConstantsPass):
         """onnxscript's folder, refusing any folded tensor over ``max_tensor_bytes``."""
 
-        def __init__(self, *, max_tensor_bytes: int, input_size_limit: int) -> None:
+        def __init__(
+            self, *, max_tensor_bytes: int, input_size_limit: int, weight_cone: set[ir.Node], opset: int
+        ) -> None:
             super().__init__(
                 shape_inference=True,
                 input_size_limit=input_size_limit,
                 # The element limit must not be the binding one: our byte check is.
-                output_size_limit=max_tensor_bytes,
-                should_fold=lambda node: True if _relayout_of_dying_weight(node) else None,
+                output_size_limit=np.iinfo(np.int64).max,
+                should_fold=self._should_fold,
             )
             self.max_tensor_bytes = max_tensor_bytes
+            self.weight_cone = weight_cone
+            self.opset = opset
             self.folded: Counter = Counter()
+            self.folded_weights: Counter = Counter()
             self.refused_large: list[str] = []
+            self.evaluator_errors: list[str] = []
+
+        def process_node(self, node: ir.Node, is_function: bool):
+            # onnxscript rewrites these into Unsqueeze/Squeeze/Split with axes or split as an
+            # input, the opset-13 form: invalid in an older model.
+            if node.op_type in _EMITS_OPSET_13 and node.domain in ("", "ai.onnx") and self.opset < 13:
+                return None
+            try:
+                return super().process_node(node, is_function)
+            except RuntimeError as exc:
+                # One of onnxscript's partial evaluators failed on this node (SplitToSequence
+                # with a split of known shape but unknown value): leave the node, fold the rest.
+                if not str(exc).startswith("Error during constant folding for node"):
+                    raise
+                self.evaluator_errors.append(f"{node.op_type} '{node.name}' ({type(exc.__cause__).__name__})")
+                return None
+
+        def _refuse_large(self, node: ir.Node, nbytes: int) -> None:
+            line = f"{node.op_type} '{node.name}' ({nbytes / 2**20:.1f} MiB)"
+            if line not in self.refused_large:  # the folder may ask twice about a node
+                self.refused_large.append(line)
+
+        def _should_fold(self, node: ir.Node) -> bool | None:
+            if node in self.weight_cone or _relayout_of_dying_weight(node):
+                return True
+            if _is_onnx(node, "ConstantOfShape"):
+                nbytes = _constant_of_shape_bytes(node)
+                if nbytes <= self.max_tensor_bytes:
+                    return True
+                self._refuse_large(node, nbytes)
+                return False
+            return None
 
         def _too_large(self, node: ir.Node, array) -> bool:
             nbytes = getattr(array, "nbytes", 0)
-            if nbytes > self.max_tensor_bytes and not _relayout_of_dying_weight(node):
-                self.refused_large.append(f"{node.op_type} '{node.name}' ({nbytes / 2**20:.1f} MiB)")
+            if nbytes > self.max_tensor_bytes and node not in self.weight_cone and not _relayout_of_dying_weight(node):
+                self._refuse_large(node, nbytes)
                 return True
             return False
 
@@ -75,6 +120,8 @@ def _capped_folder_class():
 
         def replace_node(self, node, replacement, root):
             self.folded[node.op_type] += 1
+            if node in self.weight_cone:
+                self.folded_weights[node.op_type] += 1
             super().replace_node(node, replacement, root)
 
     return CappedFoldConstants
@@ -111,12 +158,16 @@ class FoldConstants(GraphPass):
             return ir.passes.PassResult(model, modified=False)
 
         snapshot = Snapshot(model)
-        before = live_weight_bytes(model)
+        before = live_weight_bytes(model) - weight_slot_bytes(model)
         constants_before = set(_constant_nodes(model))
+        cone = weight_cone(model, self.max_tensor_bytes)
         folder = _capped_folder_class()(
-            max_tensor_bytes=self.max_tensor_bytes, input_size_limit=self.input_size_limit
+            max_tensor_bytes=self.max_tensor_bytes,
+            input_size_limit=self.input_size_limit,
+            weight_cone=cone,
+            opset=model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)),
         )
-        with untrusted_shapes(model):
+        with untrusted_shapes(model), quiet_logger("onnxscript.optimizer._constant_folding"):
             result = folder(model)
         _strip_folded_from(model)
         # Leave no litter: the folder emits some results (Shape's) as Constant nodes, and
@@ -125,7 +176,7 @@ class FoldConstants(GraphPass):
         nodes = count_nodes(model)
         RemoveUnusedNodesPass()(model)
         dead = nodes - count_nodes(model)
-        after = live_weight_bytes(model)
+        after = live_weight_bytes(model) - weight_slot_bytes(model)
 
         if after - before > self.max_growth_bytes:
             snapshot.restore(model)
@@ -142,10 +193,139 @@ class FoldConstants(GraphPass):
                 f"left {len(folder.refused_large)} nodes unfolded over the {self.max_tensor_bytes / 2**20:.2f} MiB "
                 "cap: " + ", ".join(folder.refused_large[:5])
             )
+        if folder.evaluator_errors:
+            self.note(f"left {len(folder.evaluator_errors)} nodes onnxscript's folder failed on: " + ", ".join(folder.evaluator_errors[:5]))
         if dead or lifted:
             self.note(f"removed {dead} dead nodes; {lifted} folded Constant nodes became initializers")
-        self.note(f"live weight bytes {before} -> {after}")
+        weights = sum(folder.folded_weights.values())
+        if weights:
+            self.note(f"folded {weights} computed weight nodes regardless of size ({summarize_counts(folder.folded_weights)})")
+        self.note(f"live weight bytes outside weight slots {before} -> {after}")
         return ir.passes.PassResult(model, modified=result.modified or bool(dead or lifted))
+
+
+# Sequence ops onnxscript's partial evaluators turn into opset-13-only forms.
+_EMITS_OPSET_13 = frozenset({"ConcatFromSequence", "SplitToSequence"})
+
+# Weight and bias slots (input indices) of the ops TensorRT fuses and quantizes, and the
+# per-channel parameters of BatchNormalization (folded into the Conv before it afterwards).
+_WEIGHT_SLOTS = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (1,),
+    "BatchNormalization": (1, 2, 3, 4),
+}
+
+
+def _is_onnx(node: ir.Node, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain in ("", "ai.onnx")
+
+
+def _weight_slot_values(model: ir.Model) -> list[ir.Value]:
+    values: dict[int, ir.Value] = {}
+    for graph in model.graphs():
+        for node in graph:
+            for i in _WEIGHT_SLOTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+                if i < len(node.inputs) and node.inputs[i] is not None:
+                    values[id(node.inputs[i])] = node.inputs[i]
+    return list(values.values())
+
+
+def weight_slot_bytes(model: ir.Model) -> int:
+    """Bytes of the constant tensors sitting in weight/bias slots (see ``_WEIGHT_SLOTS``)."""
+    return sum(_tensor_bytes(v) for v in _weight_slot_values(model) if v.const_value is not None)
+
+
+def weight_cone(model: ir.Model, max_shared_bytes: int) -> set[ir.Node]:
+    """Nodes of the constant subgraphs that compute a weight or bias (see ``_WEIGHT_SLOTS``).
+
+    A node belongs when it is a deterministic standard op without subgraphs and every input
+    is an initializer (not a graph input, and not one over ``max_shared_bytes`` that other
+    nodes read too) or the output of another such node.
+    """
+    memo: dict[ir.Node, bool] = {}
+
+    def constant(node: ir.Node) -> bool:
+        # Iterative DFS: weight subgraphs can be deep; recursion would hit Python's limit.
+        stack = [node]
+        while stack:
+            top = stack[-1]
+            if top in memo:
+                stack.pop()
+                continue
+            if top.domain not in ("", "ai.onnx") or top.op_type in _NEVER_FOLD or any(
+                a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in top.attributes.values()
+            ):
+                memo[top] = False
+                stack.pop()
+                continue
+            pending, ok = [], True
+            for v in top.inputs:
+                if v is not None and v.const_value is not None and not v.is_graph_input():
+                    # A large tensor something else reads too would be kept twice.
+                    if _tensor_bytes(v) > max_shared_bytes and len(v.uses()) > 1:
+                        ok = False
+                        break
+                    continue
+                if v is None:
+                    continue
+                producer = v.producer()
+                if producer is None or v.is_graph_input():
+                    ok = False
+                    break
+                if producer not in memo:
+                    pending.append(producer)
+                elif not memo[producer]:
+                    ok = False
+                    break
+            if not ok:
+                memo[top] = False
+                stack.pop()
+            elif pending:
+                stack.extend(pending)
+            else:
+                memo[top] = True
+                stack.pop()
+        return memo[node]
+
+    cone: set[ir.Node] = set()
+    for value in _weight_slot_values(model):
+        producer = value.producer()
+        if value.const_value is not None or producer is None or not constant(producer):
+            continue
+        stack = [producer]
+        while stack:
+            node = stack.pop()
+            if node in cone:
+                continue
+            cone.add(node)
+            stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
+    return cone
+
+
+# Never evaluated at compile time: random or quantization ops (onnxscript keeps Q/DQ).
+_NEVER_FOLD = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
+     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+)
+
+
+def _tensor_bytes(value: ir.Value) -> int:
+    try:
+        return int(value.const_value.nbytes)
+    except Exception:  # string tensors have no fixed byte size
+        return 0
+
+
+def _constant_of_shape_bytes(node: ir.Node) -> int:
+    """Bytes a ConstantOfShape would write (its shape input is constant when this is asked)."""
+    shape = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    if shape is None:
+        return np.iinfo(np.int64).max
+    value = node.attributes.get("value")
+    itemsize = value.value.dtype.itemsize if value is not None and value.value is not None else 4
+    return int(np.prod(shape.numpy(), dtype=np.int64)) * int(itemsize)
 
 
 # Ops that only rearrange their first input: the result has exactly its bytes.

@@ -8,7 +8,9 @@ symbol, when shape inference named it). Then
 - a chain whose elements are all known ints becomes a constant;
 - a Reshape target whose elements are known ints, or the data's own dim at the same position
   (written ``0``: "copy", valid when ``allowzero`` is 0), or one unknown (written ``-1``)
-  becomes a constant too. With ``allowzero`` 1 a 0 means an empty dim, so those are refused. Batch-dynamic PP-OCR reshapes fold this way although their batch
+  becomes a constant too. With ``allowzero`` 1 (torch.export's ``view``) a target without a
+  literal 0 folds the same way and the Reshape gets ``allowzero`` 0: without zeros in the
+  target it only changes what a written 0 means. Batch-dynamic PP-OCR reshapes fold this way although their batch
   and width stay dynamic.
 
 The dead chains are left to ``fold_constants``/``eliminate_dead_code``. Shapes come from ONNX
@@ -25,9 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
-from graph_passes._base import GraphPass, all_graphs, quiet_logger, summarize_counts, untrusted_shapes
+from graph_passes._base import GraphPass, all_graphs, infer_shapes, summarize_counts, untrusted_shapes
 
 _INTS = (ir.DataType.INT64, ir.DataType.INT32)
 
@@ -68,6 +69,11 @@ def _const_ints(value: ir.Value | None) -> list[int] | None:
     if tensor is None or tensor.dtype not in _INTS or len(tensor.shape) > 1:
         return None
     return [int(v) for v in np.asarray(tensor.numpy()).reshape(-1)]
+
+
+def _attr_ints(node: ir.Node, name: str) -> list[int] | None:
+    values = node.attributes.get_ints(name, None)
+    return None if values is None else [int(v) for v in values]
 
 
 def _const_ok(node: ir.Node) -> bool:
@@ -124,9 +130,13 @@ class _Evaluator:
 
     def _slice(self, node):
         dims = self.get(node.inputs[0])
-        starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
-        axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else [0]
-        steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
+        if len(node.inputs) < 3:  # Slice-1 (opset < 10): starts/ends/axes are attributes
+            starts, ends = _attr_ints(node, "starts"), _attr_ints(node, "ends")
+            axes, steps = _attr_ints(node, "axes") or [0], [1]
+        else:
+            starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
+            axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else [0]
+            steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
         if dims is None or None in (starts, ends, axes, steps) or axes not in ([0], [-1]) or len(starts) != 1:
             return None
         if steps[0] == 0:
@@ -157,14 +167,24 @@ class _Evaluator:
 
     def _unsqueeze(self, node):
         dims = self.get(node.inputs[0])
-        axes = _const_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+        axes = _const_ints(node.inputs[1]) if len(node.inputs) > 1 else _attr_ints(node, "axes")
         if dims is None or node.inputs[0] not in self.scalar or list(axes or []) != [0]:
             return None
         return dims
 
-    def _arith(self, node, fn):
+    def _arith(self, node, fn, identity: int | None = None, commutes: bool = False):
         a, b = self.get(node.inputs[0]), self.get(node.inputs[1])
-        if a is None or b is None or any(d.value is None for d in (*a, *b)):
+        if a is None or b is None:
+            return None
+        # x * 1, x + 0, x - 0, x / 1 stay x, even where x is an unknown dim (seq * 1).
+        if identity is not None:
+            pairs = ((a, b), (b, a))[: 2 if commutes else 1]
+            for this, other in pairs:
+                if len(other) == 1 and other[0].value == identity and len(this) >= 1:
+                    if all(v in self.scalar for v in node.inputs[:2]):
+                        self.scalar.add(node.outputs[0])
+                    return this
+        if any(d.value is None for d in (*a, *b)):
             return None
         if len(a) != len(b) and 1 not in (len(a), len(b)):
             return None
@@ -175,16 +195,16 @@ class _Evaluator:
         return [Dim(value=fn(pick(a, i), pick(b, i))) for i in range(n)]
 
     def _mul(self, node):
-        return self._arith(node, lambda x, y: x * y)
+        return self._arith(node, lambda x, y: x * y, identity=1, commutes=True)
 
     def _add(self, node):
-        return self._arith(node, lambda x, y: x + y)
+        return self._arith(node, lambda x, y: x + y, identity=0, commutes=True)
 
     def _sub(self, node):
-        return self._arith(node, lambda x, y: x - y)
+        return self._arith(node, lambda x, y: x - y, identity=0)
 
     def _div(self, node):  # integer Div truncates toward zero
-        return self._arith(node, lambda x, y: int(x / y) if y else None) if _const_ok(node) else None
+        return self._arith(node, lambda x, y: int(x / y) if y else None, identity=1) if _const_ok(node) else None
 
     def _squeeze(self, node):
         dims = self.get(node.inputs[0])
@@ -194,13 +214,40 @@ class _Evaluator:
         return dims
 
 
+def _contrib_rnn_shapes(model: ir.Model) -> int:
+    """Output shapes of ONNX Runtime's quantized LSTM (``com.microsoft.DynamicQuantizeLSTM``).
+
+    ONNX inference knows no contrib op, so every Shape read after ORT's dynamic quantization of
+    an LSTM stays dynamic. Its outputs are an LSTM's: Y ``[seq, directions, batch, hidden]``,
+    Y_h and Y_c ``[directions, batch, hidden]`` (from X ``[seq, batch, input]`` and attributes).
+    Returns how many outputs got a shape.
+    """
+    filled = 0
+    for graph in all_graphs(model):
+        for node in graph:
+            if node.op_type != "DynamicQuantizeLSTM" or node.domain != "com.microsoft" or not node.inputs:
+                continue
+            x = node.inputs[0]
+            hidden = node.attributes.get_int("hidden_size", 0)
+            if x is None or x.shape is None or len(x.shape) != 3 or hidden <= 0:
+                continue
+            directions = 2 if node.attributes.get_string("direction", "forward") == "bidirectional" else 1
+            seq, batch = x.shape[0], x.shape[1]
+            shapes = ([seq, directions, batch, hidden], [directions, batch, hidden], [directions, batch, hidden])
+            for value, dims in zip(node.outputs, shapes):
+                if value.shape is None and x.dtype is not None:
+                    value.type, value.shape = ir.TensorType(x.dtype), ir.Shape(dims)
+                    filled += 1
+    return filled
+
+
 class FoldShapeComputations(GraphPass):
     """Fold Shape/Gather/Slice/Concat chains whose dims are known; Reshape targets to constants."""
 
     name = "fold_shape_computations"
     preconditions = (
         "shapes come from ONNX inference on the graph inputs (declared intermediate/output shapes are "
-        "ignored); a chain folds when every element is a known int; a Reshape target (allowzero=0) folds when "
+        "ignored); a chain folds when every element is a known int; a Reshape target (allowzero=0, or 1 without a literal 0) folds when "
         "each element is a known int (0 still means copy), the data's own dim at that position or the only "
         "unknown"
     )
@@ -210,8 +257,9 @@ class FoldShapeComputations(GraphPass):
         folded: Counter = Counter()
         with untrusted_shapes(model):
             for _ in range(self.max_rounds):
-                with quiet_logger("onnx_ir.passes.common.shape_inference"):
-                    ShapeInferencePass(strict_mode=False)(model)
+                infer_shapes(model)
+                if _contrib_rnn_shapes(model):
+                    infer_shapes(model)  # carry them past the contrib op ONNX cannot infer
                 round_folds = sum(self._round(graph, folded) for graph in all_graphs(model))
                 if not round_folds:
                     break
@@ -249,8 +297,9 @@ class FoldShapeComputations(GraphPass):
         dims = evaluator.get(target)
         if dims is None:
             return 0
-        if node.attributes.get_int("allowzero", 0) != 0:
-            self.refuse(node, "allowzero=1: a copied dim cannot be written as 0")
+        allowzero = node.attributes.get_int("allowzero", 0) != 0
+        if allowzero and any(d.value == 0 for d in dims):
+            self.refuse(node, "allowzero=1 and the target holds a literal 0 (an empty dim, not a copy)")
             return 0
         new: list[int] = []
         unknown = 0
@@ -269,6 +318,10 @@ class FoldShapeComputations(GraphPass):
             return 0
         const = _new_initializer(graph, (target.name or "reshape") + "_folded", np.array(new, dtype=np.int64))
         node.replace_input_with(1, const)
+        if allowzero:
+            # No element is a literal 0, so allowzero only changes what a written 0 means:
+            # with 0 it copies the data's dim at that position, which is what it was.
+            node.attributes["allowzero"] = ir.AttrInt64("allowzero", 0)
         folded["Reshape target"] += 1
         return 1
 

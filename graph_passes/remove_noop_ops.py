@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
-from graph_passes._base import GraphPass, quiet_logger, summarize_counts, untrusted_shapes
+from graph_passes._base import GraphPass, infer_shapes, summarize_counts, untrusted_shapes
 from graph_passes._rules import RuleStep
 from graph_passes.remove_identity import RemoveIdentity
 
@@ -191,8 +190,7 @@ class RemoveNoopOps(GraphPass):
         step = RuleStep(noop_rules(refused))
         # Expand's rule compares against the input's shape: trust inferred shapes only.
         with untrusted_shapes(model):
-            with quiet_logger("onnx_ir.passes.common.shape_inference"):
-                ShapeInferencePass(strict_mode=False)(model)
+            infer_shapes(model)
             # A removed no-op can expose another (Transpose pairs around a dropped Cast):
             # repeat rules + Identity elimination until a round changes nothing.
             result = ir.passes.PassManager([step, RemoveIdentity()], steps=self.max_rounds, early_stop=True)(model)

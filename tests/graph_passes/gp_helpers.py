@@ -189,3 +189,18 @@ def assert_refused(pass_, model: ir.Model, reason: str) -> None:
     assert op_counts(out) == op_counts(model)
     assert any(reason in r for r in pass_.refusals), pass_.refusals
     assert_equivalent(model, out)
+
+
+def corpus_model(family: str, name: str) -> str:
+    """A public corpus model (ddddocr, openWakeWord, ...) from benchmarks/corpus_models.py.
+
+    The models come from their wheels at test time (never committed); the test is skipped
+    when the wheel is not on this machine and cannot be downloaded.
+    """
+    from benchmarks.corpus_models import Unavailable, materialise
+
+    try:
+        models = {m.name: m for m in materialise(family)}
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    return str(models[name].path)

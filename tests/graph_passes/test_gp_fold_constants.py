@@ -232,3 +232,61 @@ def test_if_with_a_runtime_condition_stays():
     assert op_counts(out)["If"] == 1
     for c in (True, False):
         assert_equivalent(model, out, feeds=[{"c": np.array(c), "x": np.arange(6, dtype=np.float32).reshape(2, 3) - 3}])
+
+
+COMPUTED_WEIGHTS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,64,8,8] x) => (float[1,64,8,8] y, float[64,64,3,3] big) <int64[4] wshape = {64, 64, 3, 3},
+    int64[1] bshape = {64}, float s = {0.01}> {
+  w0 = ConstantOfShape<value = float[1] {1.0}>(wshape)
+  w = Mul(w0, s)
+  b = ConstantOfShape<value = float[1] {0.5}>(bshape)
+  c = Conv<pads = [1, 1, 1, 1]>(x, w, b)
+  big0 = ConstantOfShape<value = float[1] {2.0}>(wshape)
+  big = Neg(big0)
+  y = Relu(c)
+}
+"""
+
+
+def test_computed_weights_fold_whatever_their_size():
+    # The Conv weight (144 KiB) is over a 4 KiB cap and still folds: TensorRT fuses and
+    # quantizes only constant weights. The equally large tensor that is no weight stays.
+    model = parse(COMPUTED_WEIGHTS)
+    pass_ = FoldConstants(max_tensor_bytes=4096)
+    out, modified = apply(pass_, model)
+    assert modified
+    conv = next(n for n in out.graph if n.op_type == "Conv")
+    assert conv.inputs[1].const_value is not None and conv.inputs[2].const_value is not None
+    np.testing.assert_allclose(conv.inputs[1].const_value.numpy(), np.full((64, 64, 3, 3), 0.01, np.float32))
+    assert op_counts(out) == {"Conv": 1, "Relu": 1, "ConstantOfShape": 1, "Neg": 1}
+    assert any("computed weight nodes" in n for n in pass_.notes)
+    assert any("over the" in n and "ConstantOfShape" in n for n in pass_.notes)
+    assert_equivalent(model, out)
+
+
+def test_small_constant_of_shape_folds_under_the_cap():
+    # onnxscript never folds ConstantOfShape; under our cap it is just a constant.
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[4] x) => (float[4] y) <int64[1] n = {4}> {
+      k = ConstantOfShape<value = float[1] {3.0}>(n)
+      y = Mul(x, k)
+    }
+    """)
+    out, modified = apply(FoldConstants(), model)
+    assert modified and op_counts(out) == {"Mul": 1}
+    assert_equivalent(model, out)
+
+
+def test_dequantized_weights_are_never_folded():
+    # A DequantizeLinear in a weight slot is the INT8 weight TensorRT wants to see.
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,2] x) => (float[1,2] y) <int8[2,2] q = {1, 2, 3, 4}, float s = {0.5}, int8 z = {0}> {
+      w = DequantizeLinear(q, s, z)
+      y = MatMul(x, w)
+    }
+    """)
+    out, _ = apply(FoldConstants(), model)
+    assert op_counts(out)["DequantizeLinear"] == 1

@@ -8,6 +8,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from gp_helpers import (
+    corpus_model,
     drop_final_softmax,
     check_valid,
     onnx_light_model,
@@ -19,7 +20,6 @@ from gp_helpers import (
 )
 
 from graph_passes import DEFAULT_PASSES, Verifier, run_passes
-from optimizer.errors import ConfigError
 from optimizer.model import input_specs, load_model, output_specs, save_model
 
 pytestmark = pytest.mark.slow
@@ -85,11 +85,13 @@ def test_ppocr_batchnorm_folds_where_it_follows_a_conv(tmp_path):
     assert "BatchNormalization" not in op_counts(optimized)
 
 
-def test_verifier_needs_pinned_shapes_for_ppocr():
-    # cls declares its batch as -1 and H, W as unnamed: all three are dynamic.
+def test_verifier_resolves_ppocr_dynamic_shapes_itself():
+    # The cls model names both H and W "?": the Verifier resolves a shape ORT runs (no flags).
     model = load_model(rapidocr_model(PPOCR["cls"][0]))
-    with pytest.raises(ConfigError, match="input 'x' has dynamic shape \\[\\?, 3, \\?, \\?\\]"):
-        Verifier(model)
+    verifier = Verifier(model)
+    assert verifier.numeric and verifier.partial is None
+    (feed,) = verifier.feeds
+    assert feed["x"].ndim == 4 and feed["x"].shape[1] == 3
 
 
 @pytest.mark.parametrize(
@@ -126,3 +128,44 @@ def test_ppocr_cls_at_opset_17_fuses_hard_swish(tmp_path):
     for seed, s in enumerate(other_shapes, start=20):
         feeds = _feeds(s, seed)
         _assert_close(run(optimized, feeds), run(original, feeds))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "inception_v2"])
+def test_raw_zoo_weights_made_by_constant_of_shape_become_initializers(name, tmp_path):
+    # As shipped: every weight is ConstantOfShape(shape). Without folding them (whatever
+    # their size) BatchNorm cannot fold and INT8 finds no constant weight to quantize.
+    original = load_model(onnx_light_model(name))
+    records, optimized = _run_default_passes(original, tmp_path)
+    ops = op_counts(optimized)
+    assert "ConstantOfShape" not in ops and "BatchNormalization" not in ops, ops
+    for node in optimized.graph:
+        if node.op_type in ("Conv", "Gemm"):
+            assert node.inputs[1].const_value is not None, node.name
+    (x,) = [v for v in original.graph.inputs if not v.is_initializer()]
+    feeds = {x.name: np.random.default_rng(0).standard_normal(tuple(x.shape)).astype(np.float32)}
+    _assert_close(run(optimized, feeds), run(original, feeds), elementwise=False)
+
+
+DDDDOCR = {
+    # name: (input shape for the Verifier, another for the final comparison, what must be gone)
+    "common": ((1, 1, 64, 160), (1, 1, 64, 96), "Shape"),  # the LSTM head's reshape plumbing
+    "common_old": ((1, 1, 64, 160), (1, 1, 64, 96), "Shape"),  # the same behind ORT's quantized LSTM
+    "common_det": ((1, 3, 416, 416), None, "Concat"),  # YOLO's Focus layer, now SpaceToDepth
+}
+
+
+@pytest.mark.parametrize("name", sorted(DDDDOCR))
+def test_ddddocr_models(name, tmp_path):
+    verify_shape, other_shape, gone = DDDDOCR[name]
+    original = load_model(corpus_model("ddddocr", name))
+    (x,) = input_specs(original)
+    feed = {x.name: np.random.default_rng(0).uniform(0, 1, verify_shape).astype(np.float32)}
+    records, optimized = _run_default_passes(original, tmp_path, feeds=[feed])
+    before, after = op_counts(original), op_counts(optimized)
+    if name == "common_det":
+        assert after["SpaceToDepth"] == 1 and after["Concat"] == before["Concat"] - 1
+    else:
+        assert gone in before and gone not in after, after
+    feeds = [feed] + ([{x.name: np.random.default_rng(1).uniform(0, 1, other_shape).astype(np.float32)}] if other_shape else [])
+    for f in feeds:
+        _assert_close(run(optimized, f), run(original, f), elementwise=False)

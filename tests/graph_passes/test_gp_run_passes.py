@@ -126,12 +126,26 @@ class _RenameOutput(GraphPass):
         return ir.passes.PassResult(model, True)
 
 
-def test_a_failing_pass_is_rolled_back_and_named():
+def test_a_failing_pass_is_rolled_back_named_and_the_run_goes_on():
+    model = parse(MODEL)
+    before = op_counts(model)
+    records = run_passes(model, ["remove_identity", _Crash(), "remove_dropout"])
+    assert [r.name for r in records] == ["remove_identity", "crash", "remove_dropout"]
+    crash = records[1]
+    assert not crash.modified and "'crash'" in crash.warning and "boom" in crash.warning
+    assert crash.to_dict()["warning"] == crash.warning
+    assert records[0].warning is None and records[2].modified
+    # The crash was undone; the passes around it stayed applied.
+    assert op_counts(model) == before - Counter({"Identity": 2, "Dropout": 1})
+    check_valid(model)
+
+
+def test_strict_makes_a_failing_pass_an_error():
     model = parse(MODEL)
     before = op_counts(model)
     with pytest.raises(PassError) as err:
-        run_passes(model, ["remove_identity", _Crash()])
-    assert "'crash'" in str(err.value) and "boom" in str(err.value)
+        run_passes(model, ["remove_identity", _Crash(), "remove_dropout"], strict=True)
+    assert "'crash'" in str(err.value) and "boom" in str(err.value) and "--strict" in str(err.value)
     assert op_counts(model) == before - Counter({"Identity": 2})  # remove_identity stayed applied
     assert isinstance(err.value.__cause__, Exception)
     check_valid(model)
@@ -139,16 +153,19 @@ def test_a_failing_pass_is_rolled_back_and_named():
 
 def test_a_pass_that_changes_the_signature_is_rolled_back():
     model = parse(MODEL)
+    (record,) = run_passes(model, [_RenameOutput()])
+    assert "rename_output" in record.warning and not record.modified
+    assert [v.name for v in model.graph.outputs] == ["y", "z"]
     with pytest.raises(PassError, match="rename_output"):
-        run_passes(model, [_RenameOutput()])
+        run_passes(model, [_RenameOutput()], strict=True)
     assert [v.name for v in model.graph.outputs] == ["y", "z"]
 
 
 def test_public_api():
     assert set(graph_passes.__all__) >= {"PassRecord", "available_passes", "DEFAULT_PASSES", "run_passes", "Verifier"}
     params = inspect.signature(run_passes).parameters
-    assert list(params) == ["model", "names", "skip", "verifier", "explain", "opset", "specialize"]
-    keyword_only = ("skip", "verifier", "explain", "opset", "specialize")
+    assert list(params) == ["model", "names", "skip", "verifier", "explain", "opset", "specialize", "strict"]
+    keyword_only = ("skip", "verifier", "explain", "opset", "specialize", "strict")
     assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in keyword_only)
 
 

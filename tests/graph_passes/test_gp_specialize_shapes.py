@@ -70,3 +70,28 @@ def test_cli_specializes_ppocr_cls(tmp_path):
         assert np.abs(got[name] - ref[name]).max() <= 1e-4 * np.abs(ref[name]).max()
     bad = runner.invoke(main, ["passes", src, "-o", str(tmp_path / "x.onnx"), "--specialize"])
     assert bad.exit_code == 2 and "give --shapes too" in bad.output
+
+
+def test_an_if_whose_condition_folds_once_shapes_are_pinned_is_inlined():
+    import numpy as np
+
+    from gp_helpers import assert_equivalent, op_counts
+
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3] x) => (float[N,3] y) <int64[1] zero = {0}, int64 one = {1}> {
+      s = Shape(x)
+      n = Gather<axis=0>(s, zero)
+      n0 = Squeeze(n)
+      c = Equal(n0, one)
+      y = If(c) <
+        then_branch = t () => (float[N,3] t_out) { t_out = Neg(x) },
+        else_branch = e () => (float[N,3] e_out) { e_out = Abs(x) }
+      >
+    }
+    """)
+    original = model.clone()
+    run_passes(model, specialize={"x": (1, 3)})
+    assert op_counts(model) == {"Neg": 1}
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 3)).astype(np.float32)}
+    assert_equivalent(original, model, feeds=[feed])

@@ -150,7 +150,7 @@ def test_catches_a_semantics_breaking_pass_and_names_it():
     model = parse(DYNAMIC)
     verifier = Verifier(model, shapes={"x": (5, 3)})
     with pytest.raises(VerificationError) as err:
-        run_passes(model, ["remove_identity", SwapAddForSub(), "eliminate_dead_code"], verifier=verifier)
+        run_passes(model, ["remove_identity", SwapAddForSub(), "eliminate_dead_code"], verifier=verifier, strict=True)
     message = str(err.value)
     assert "swap_add_for_sub" in message
     assert "output 'y'" in message or "output 'g'" in message
@@ -176,8 +176,18 @@ def test_an_unloadable_result_is_a_verification_error():
     model = parse(DYNAMIC)
     verifier = Verifier(model, shapes={"x": (4, 3)})
     with pytest.raises(VerificationError, match="break_model.*no longer runs"):
-        run_passes(model, [BreakModel()], verifier=verifier)
+        run_passes(model, [BreakModel()], verifier=verifier, strict=True)
     assert "NoSuchOp" not in op_counts(model)
+
+
+def test_without_strict_a_semantics_breaking_pass_is_rolled_back_named_and_skipped():
+    model = parse(DYNAMIC)
+    verifier = Verifier(model, shapes={"x": (5, 3)})
+    records = run_passes(model, [SwapAddForSub(), "eliminate_dead_code"], verifier=verifier)
+    broken = next(r for r in records if r.name == "swap_add_for_sub")
+    assert broken.warning and "changed what the model computes" in broken.warning
+    assert "Sub" not in op_counts(model) and op_counts(model)["Add"] == 1
+    assert verifier.check(model, "end") is not None
 
 
 def test_compare_handles_nan_inf_dtype_and_shape():
@@ -188,3 +198,30 @@ def test_compare_handles_nan_inf_dtype_and_shape():
     assert "dtype" in diffs["b"].problem and "shape" in diffs["c"].problem
     bad = compare({"a": np.array([1.0, 2.0])}, {"a": np.array([1.0, np.nan])}, 1e-4, 1e-5)[0]
     assert not bad.ok and bad.ratio == np.inf
+
+
+def test_an_input_dtype_onnx_runtime_cannot_be_fed_gives_partial_verification_not_a_refusal():
+    model = parse("""
+    <ir_version: 9, opset_import: ["" : 21]>
+    g (float8e4m3fn[4] x) => (float[4] y) { y = Cast<to = 1>(x) }
+    """)
+    verifier = Verifier(model)
+    assert not verifier.numeric and "FLOAT8E4M3FN" in verifier.partial
+
+
+def test_the_checker_sees_external_data_beside_the_model(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from graph_passes.verify import structural_problem
+    from optimizer.model import load_model
+
+    w = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4096])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4096])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save_model(helper.make_model(graph), str(path), save_as_external_data=True, location="m.data")
+    model = load_model(path)
+    assert any(isinstance(t, ir.ExternalTensor) for t in [model.graph.initializers["w"].const_value])
+    assert structural_problem(model) is None
