@@ -10,7 +10,15 @@ from typing import Any
 
 import onnx_ir as ir
 
-from optimizer.model import count_nodes, external_data_files, input_specs, iter_tensors, load_model, output_specs
+from optimizer.model import (
+    count_nodes,
+    external_data_files,
+    input_specs,
+    iter_tensors,
+    load_model,
+    output_specs,
+    weightless_tensors,
+)
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 
@@ -37,6 +45,8 @@ class InspectReport:
     notes: list[str] = field(default_factory=list)
     #: Conv/Gemm/MatMul nodes whose weight already satisfies 2:4 in TensorRT's layout (build with sparse weights).
     weights_2_4: list[str] = field(default_factory=list)
+    #: Tensors that declare a shape but carry no data (a weight-stripped model, TensorRT's TRT_WEIGHTLESS format).
+    weightless: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,7 +77,7 @@ def _weights_2_4(model: ir.Model) -> list[str]:
 
 def inspect_model(path: str | Path, *, parse_check: bool = True, builder: str | None = None) -> InspectReport:
     path = Path(path)
-    model = load_model(path)
+    model = load_model(path, for_inspection=True)
     dtypes: Counter = Counter()
     params = nbytes = 0
     for _, tensor in iter_tensors(model):
@@ -93,10 +103,18 @@ def inspect_model(path: str | Path, *, parse_check: bool = True, builder: str | 
         external_data=[str(f.name) for f in external_data_files(model)],
         metadata_keys=sorted(dict(model.metadata_props)),
         weights_2_4=_weights_2_4(model),
+        weightless=weightless_tensors(model),
     )
+    if report.weightless:
+        report.notes.append(
+            f"weight-stripped: {len(report.weightless)} of {sum(dtypes.values())} tensors have no data; "
+            "passes, quantize, prune, build and validate need the model with its weights"
+        )
     if domains:
         report.notes.append(f"custom op domains {domains}: TensorRT needs plugins for these")
-    if parse_check:
+    if parse_check and report.weightless:
+        report.notes.append("TensorRT parse check skipped: its ONNX parser needs the weights (inspect the model with its weights)")
+    elif parse_check:
         from optimizer.engine import parse_check as trt_parse_check
 
         check = trt_parse_check(path, builder=builder)
@@ -108,26 +126,28 @@ def inspect_model(path: str | Path, *, parse_check: bool = True, builder: str | 
 
 
 def print_inspect(report: InspectReport, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]{report.path}[/]  ({report.file_bytes / 1e6:.2f} MB)")
+    # Names, paths and producers come from the model file: printed as text, never as rich markup.
+    console.print(f"[bold]{escape(report.path)}[/]  ({report.file_bytes / 1e6:.2f} MB)")
     opsets = ", ".join(f"{k} {v}" for k, v in report.opsets.items())
-    console.print(f"IR version {report.ir_version}; opsets: {opsets}; producer: {report.producer or 'unknown'}")
+    console.print(f"IR version {report.ir_version}; opsets: {escape(opsets)}; producer: {escape(report.producer or 'unknown')}")
     io = Table(show_edge=False, title="inputs / outputs", title_justify="left")
     for col in ("", "name", "dtype", "shape"):
         io.add_column(col)
     for kind, specs in (("in", report.inputs), ("out", report.outputs)):
         for s in specs:
             shape = "?" if s["shape"] is None else "[" + ", ".join("?" if d is None else str(d) for d in s["shape"]) + "]"
-            io.add_row(kind, s["name"], s["dtype"], shape)
+            io.add_row(kind, escape(s["name"]), s["dtype"], escape(shape))
     console.print(io)
     console.print(
         f"{report.nodes} nodes ({report.subgraphs} subgraphs), {report.parameters:,} parameters "
         f"({report.parameter_bytes / 1e6:.2f} MB; {', '.join(f'{k}: {v}' for k, v in report.initializer_dtypes.items())})"
     )
-    console.print("ops: " + ", ".join(f"{op} {n}" for op, n in report.op_histogram.items()))
+    console.print("ops: " + ", ".join(f"{op} {n}" for op, n in report.op_histogram.items()), markup=False)
     if report.external_data:
-        console.print(f"external data: {', '.join(report.external_data)}")
+        console.print(f"external data: {', '.join(report.external_data)}", markup=False)
     check = report.parse_check
     if check is not None:
         if check["ok"]:
@@ -135,6 +155,7 @@ def print_inspect(report: InspectReport, console) -> None:
         else:
             console.print(f"TensorRT parse ({check['builder']} {check['version']}): [red]{len(check['issues'])} node(s) failed[/]")
             for issue in check["issues"]:
-                console.print(f"  node {issue['node_index']} {issue['node_name']} ({issue['op_type']}): {issue['message']}")
+                line = f"  node {issue['node_index']} {issue['node_name']} ({issue['op_type']}): {issue['message']}"
+                console.print(line, markup=False)
     for note in report.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(note)}")

@@ -115,6 +115,109 @@ def test_target_problem(record, device, problem):
     assert (found is None) if problem is None else (problem in found)
 
 
+# --- the cap, least-recently-used eviction and lock cleanup (no TensorRT needed) -------------
+
+
+def _put_fake_entry(store: EngineStore, key: str, tmp_path: Path, nbytes: int) -> None:
+    """A store entry through the store's real API, with random bytes standing in for an engine.
+
+    Fake engines, real store: eviction only reads sizes, sidecars and locks, and thousands of
+    real builds do not fit a unit test (the rtx test below caps a store with real builds).
+    """
+    import hashlib
+
+    engine = tmp_path / "fake.engine"
+    data = os.urandom(nbytes)
+    engine.write_bytes(data)
+    sidecar = tmp_path / "fake.engine.json"
+    sidecar.write_text(json.dumps({"engine_bytes": nbytes, "engine_sha256": hashlib.sha256(data).hexdigest(), "model": key}))
+    with store.lock(key):
+        store.put(key, engine, sidecar)
+
+
+# 250 puts cycle the 25-entry store ten times in ~10 s here; TRTFORGE_STORE_LOOP=1000 runs the issue's thousand.
+STORE_LOOP = int(os.environ.get("TRTFORGE_STORE_LOOP", "250"))
+
+
+def test_many_puts_into_a_capped_store_stay_under_the_cap(tmp_path):
+    cap = 50_000
+    store = EngineStore(tmp_path / "store", max_bytes=cap)
+    first, last = f"{0:064x}", f"{STORE_LOOP - 1:064x}"
+    for i in range(STORE_LOOP):
+        _put_fake_entry(store, f"{i:064x}", tmp_path, 2_000)
+        if i % 10 == 0:
+            assert store.lookup(first) is not None
+            store.mark_used(first)  # a store hit: entry 0 stays recently used
+        assert store.size() <= cap
+    keys = {e.key for e in store.entries()}
+    assert first in keys and last in keys and f"{STORE_LOOP // 2:064x}" not in keys
+    assert 10 <= len(keys) <= cap // 2_000
+    assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == [".locks"]
+    # Unheld locks are cleaned with each eviction; the last put still held its own key's lock then.
+    assert [p.name for p in (store.root / ".locks").iterdir()] == [f"{last}.lock"]
+    assert store.clean_locks() == 1 and list((store.root / ".locks").iterdir()) == []
+
+
+# Holds a key's lock the way KeyLock does (flock on .locks/<key>.lock), without importing trtforge (fast).
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+path = os.path.join(sys.argv[1], ".locks", sys.argv[2] + ".lock")
+os.makedirs(os.path.dirname(path), exist_ok=True)
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_stale_locks_are_removed_and_held_ones_kept(tmp_path):
+    """Real processes: one holds a key's lock, another was killed holding one, a third key's lock is just left over."""
+    import signal
+
+    store = EngineStore(tmp_path / "store")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(store.root), key], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for key in ("held", "killed")
+    ]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "held"
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(timeout=30)
+        with store.lock("leftover"):
+            pass
+        assert sorted(p.name for p in (store.root / ".locks").iterdir()) == ["held.lock", "killed.lock", "leftover.lock"]
+        assert store.clean_locks() == 2  # the kernel dropped the killed holder's lock
+        assert [p.name for p in (store.root / ".locks").iterdir()] == ["held.lock"]
+        assert not store.lock("held").acquire(blocking=False)  # still really held
+    finally:
+        procs[0].kill()
+        procs[0].wait(timeout=30)
+    assert store.clean_locks() == 1
+
+
+def test_an_entry_in_use_is_not_evicted(tmp_path):
+    store = EngineStore(tmp_path / "store", max_bytes=5_000)
+    _put_fake_entry(store, "a" * 64, tmp_path, 3_000)
+    held = store.lock("a" * 64)
+    assert held.acquire(blocking=False)
+    try:
+        _put_fake_entry(store, "b" * 64, tmp_path, 3_000)  # over the cap, but 'a' is being read
+        assert {e.key for e in store.entries()} == {"a" * 64, "b" * 64}
+    finally:
+        held.release()
+    _put_fake_entry(store, "c" * 64, tmp_path, 3_000)
+    assert {e.key for e in store.entries()} == {"c" * 64}
+
+
+def test_store_limit_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRTFORGE_ENGINE_STORE_LIMIT", "3M")
+    assert EngineStore(tmp_path).max_bytes == 3 * 2**20
+    monkeypatch.setenv("TRTFORGE_ENGINE_STORE_LIMIT", "lots")
+    result = CliRunner().invoke(main, ["cache", "info"])
+    assert result.exit_code == 2 and "TRTFORGE_ENGINE_STORE_LIMIT is 'lots'" in result.output
+
+
 # --- the store with real TensorRT-RTX builds ------------------------------------------------
 
 
@@ -140,6 +243,19 @@ def test_second_build_is_a_store_hit_without_building(ppocr_rec_path, store, tmp
     # A different build option is a different engine: the store must not answer it.
     with pytest.raises(AssertionError, match="should have answered"):
         build_or_reuse(ppocr_rec_path, tmp_path / "c.engine", replace(config, optimization_level=1), "tensorrt-rtx", store)
+
+
+@rtx
+def test_real_builds_into_a_capped_store_evict_the_least_recently_used(tmp_path):
+    store = EngineStore(tmp_path / "store", max_bytes=2**40)
+    a, b = (_conv_model(tmp_path / f"m{i}.onnx", seed=i) for i in range(2))
+    first = build_or_reuse(a, tmp_path / "a.engine", BuildConfig(), "tensorrt-rtx", store)
+    store.max_bytes = int(store.size() * 1.5)  # room for one engine and a half
+    second = build_or_reuse(b, tmp_path / "b.engine", BuildConfig(), "tensorrt-rtx", store)
+    assert _entries(store) == [second.store_key] and store.size() <= store.max_bytes
+    assert build_or_reuse(b, tmp_path / "b2.engine", BuildConfig(), "tensorrt-rtx", store).store_hit is True
+    assert build_or_reuse(a, tmp_path / "a2.engine", BuildConfig(), "tensorrt-rtx", store).store_key == first.store_key
+    assert _entries(store) == [first.store_key]  # rebuilt, and b went in its turn
 
 
 @rtx

@@ -13,6 +13,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
+from optimizer.model import has_data
+
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -28,7 +30,9 @@ def prepare_model(model: ir.Model) -> None:
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
+    """The constant behind ``value``, or None when it is not a constant or has no readable data
+    (a weight-stripped initializer: such a layer is not prunable, it is not even known)."""
+    if value is None or not has_data(value.const_value):
         return None
     return value.const_value.numpy()
 
