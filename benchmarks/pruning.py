@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pruning.py                  # PP-OCRv4 det + rec + mobile cls
     .venv/bin/python benchmarks/pruning.py --markdown t.md  # also write the tables as Markdown
+    .venv/bin/python benchmarks/pruning.py --check          # det: uniform --channels ratios vs the self-check
 
 Models and data (all offline):
 * PP-OCRv4 det: text pages rendered with PIL (lines drawn by ``samples.ppocr_rec.render``);
@@ -290,6 +291,12 @@ def run_task(task: Task, work: Path, args) -> list[dict]:
     return rows
 
 
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def _ratios(ref: dict, cand: dict) -> tuple[float, float]:
     """(ratio of p50s, median of per-iteration ratios): the second pairs runs made back to back."""
     return ref["p50_ms"] / cand["p50_ms"], paired_speedup(ref, cand)
@@ -313,6 +320,44 @@ HEADER = ("| model | variant | metric | output err | FLOPs (Conv/Gemm/MatMul) | 
           "ORT CPU 1-thread speed-up (p50s / paired median) | prune s | notes |\n|---|---|---|---|---|---|---|---|---|")
 
 
+CHECK_RATIOS = (0.1, 0.2, 0.3)
+
+
+def check_table(args) -> list[str]:
+    """``trtforge prune det --channels R --calib`` (the CLI's defaults) for uniform ratios, and a FLOPs target.
+
+    Per variant: the self-check's verdict (relative output error on the calibration data against
+    the default tolerance), whether the model would be written, and the held-out truth: F1 of
+    the pruned detector's boxes against the FP32 model's own boxes on pages the check never saw.
+    """
+    from optimizer.pruning.check import DEFAULT_TOLERANCE
+
+    task = DetTask(args.calib, args.val)
+    _, _, ref_outputs = evaluate(task, task.model, None)
+    rows = []
+    variants = [(f"--channels {r}", dict(channels=r)) for r in CHECK_RATIOS] + [("--flops-target 0.25", dict(flops_target=0.25))]
+    with tempfile.TemporaryDirectory(prefix="trtforge-prune-check-") as tmp:
+        for label, kwargs in variants:
+            out = Path(tmp) / "p.onnx"
+            result = prune(task.model, out, source=task.calib, samples=args.calib, force=True, **kwargs)
+            check = result.check
+            metric, err, _ = evaluate(task, out, ref_outputs)
+            worst_cos = min(o["cosine_min"] for o in check["outputs"])
+            rows.append(f"| {label} | −{result.flops_reduction:.0%} | {check['relative_error']:.3f} | {worst_cos:.3f} | "
+                        f"{'pass: written, exit 0' if check['passed'] else 'FAIL: exit 1, nothing written'} | {err:.3f} | {metric:.3f} |")
+            print(rows[-1], flush=True)
+            out.unlink()
+    return [
+        f"PP-OCRv4 det, {args.calib} calibration pages (the check runs on them), {args.val} held-out pages; CLI defaults "
+        f"(criterion activation, least-squares refit); default tolerance {DEFAULT_TOLERANCE:g}. "
+        f"Reproduce: `.venv/bin/python benchmarks/pruning.py --check --calib {args.calib} --val {args.val}`.",
+        "",
+        "| variant | FLOPs | check: output err (calib) | check: worst cosine | verdict | held-out output err | held-out F1 vs FP32 |",
+        "|---|---:|---:|---:|---|---:|---:|",
+        *rows,
+    ]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calib", type=int, default=16, help="calibration samples per model")
@@ -321,7 +366,17 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-samples", type=int, default=4)
     ap.add_argument("--models", default="det,rec,cls")
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--check", action="store_true", help="only the det table: uniform ratios against the pruning self-check")
+    ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.check:
+        lines = check_table(args)
+        print("\n".join(lines))
+        if not args.no_write:
+            from _results import replace_section
+
+            replace_section("pruning_check", "\n".join([f"{time.strftime('%Y-%m-%d')}, onnxruntime {_ort_version()}. " + lines[0], *lines[1:]]))
+        return 0
     with tempfile.TemporaryDirectory(prefix="trtforge-prune-bench-") as tmp:
         work = Path(tmp)
         tasks = []

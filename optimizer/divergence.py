@@ -20,6 +20,7 @@ precision stage takes (``precision.exclude`` / ``trtforge quantize --exclude``).
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ class DivergenceResult:
     first: LayerError | None
     recommend_exclude: list[str]  # node names for precision.exclude / --exclude
     reason: str  # why these nodes
+    quantized: list[str]  # every quantized compute node of the candidate, in topological order
     peak_rss_anon_mb: float  # sampled after every session build and run
     baseline_rss_anon_mb: float  # before the search started
     seconds: float = 0.0
@@ -396,6 +398,7 @@ def find_divergence(
         first=first,
         recommend_exclude=recommend,
         reason=reason,
+        quantized=sorted(quantized_inputs, key=lambda n: (order.get(n, 1 << 30), n)),
         peak_rss_anon_mb=round(peak, 1),
         baseline_rss_anon_mb=round(baseline, 1),
         seconds=time.perf_counter() - start,
@@ -490,3 +493,253 @@ def exclude_hint(result: DivergenceResult) -> str:
         return ""
     names = ",".join(result.recommend_exclude)
     return f"keep in FP32: recipe precision.exclude: [{', '.join(result.recommend_exclude)}] or trtforge quantize --exclude {names}"
+
+
+# ---------------------------------------------------------------- a recommendation, measured
+
+# Greedy extension of the recommendation: at most this many trial runs, and never more than
+# this share of the quantized nodes back in float (beyond it, excluding layers is not a fix).
+MAX_FIX_TRIALS = 5
+MAX_FIX_SHARE = 0.5
+# The recommendation fixes a local error when it closes at least this share of the gap to the
+# failing gate's threshold; below it the error is spread over the layers.
+LOCAL_GAP_SHARE = 0.5
+# A further trial that closes less than this share of the gap than the one before is not progress: stop.
+MIN_FIX_PROGRESS = 0.02
+# What accuracy metrics can be at all: a gate outside these bounds cannot pass, whatever is excluded.
+_BOUNDS = {"min_cosine": (-1.0, 1.0), "min_top1_agreement": (0.0, 1.0), "min_top5_agreement": (0.0, 1.0),
+           "nonfinite_values": (0.0, math.inf), "max_abs_error": (0.0, math.inf), "max_rel_error": (0.0, math.inf)}
+
+
+@dataclass
+class FixTrial:
+    exclude: list[str]  # nodes put back in float for this run
+    metrics: dict[str, float]  # the failing gates' metrics, measured
+    passed: bool  # every re-measured gate holds
+
+
+@dataclass
+class MeasuredFix:
+    gates: list[str]  # the failing accuracy gates, re-measured after each trial
+    before: dict[str, float]
+    trials: list[FixTrial]
+    passed: bool
+    exclude: list[str]  # the first passing trial's nodes, else the last one tried
+    distributed: bool  # the recommendation closed less than LOCAL_GAP_SHARE of the gap
+    verdict: str  # one paragraph: what was measured and what to do
+    seconds: float = 0.0
+    stopped: str = ""  # why the greedy extension stopped: passed, no progress, or its limits
+
+
+def exclude_in_candidate(reference: ir.Model, candidate: ir.Model, nodes: Iterable[str]) -> list[str]:
+    """Put ``nodes`` of ``candidate`` back in float, in place, as the precision stage's exclude would.
+
+    Each input a node reads through a Q/DQ (or Cast) chain is replaced by the float tensor the
+    reference node reads there: the candidate's own tensor of that name (an activation, before
+    its Q/DQ), else a copy of the reference's constant (a weight). Readers that stay quantized
+    keep their Q/DQ. Returns the nodes changed.
+    """
+    from onnx_ir.convenience import get_const_tensor
+
+    ref_nodes = {n.name: n for n in reference.graph}
+    values = {v.name: v for v in candidate.graph.inputs} | dict(candidate.graph.initializers)
+    values |= {out.name: out for node in candidate.graph for out in node.outputs if out.name}
+    changed = []
+    for node in candidate.graph:
+        original = ref_nodes.get(node.name) if node.name in nodes else None
+        if original is None or node.op_type != original.op_type:
+            continue
+        for index, (mine, theirs) in enumerate(zip(node.inputs, original.inputs)):
+            if mine is None or theirs is None or mine.producer() is None or mine.producer().op_type not in _CARRIERS:
+                continue
+            own = values.get(theirs.name)
+            if own is not None and (own.producer() is None or own.producer().op_type not in _CARRIERS) and own.name != mine.name:
+                node.replace_input_with(index, own)
+            elif (tensor := get_const_tensor(theirs)) is not None:
+                name = next(f"{theirs.name}__float{i or ''}" for i in range(1 << 20) if f"{theirs.name}__float{i or ''}" not in values)
+                weight = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
+                                  const_value=ir.tensor(tensor.numpy(), name=name))
+                candidate.graph.register_initializer(weight)
+                values[name] = weight
+                node.replace_input_with(index, weight)
+            else:
+                continue
+            if node.name not in changed:
+                changed.append(node.name)
+    _drop_dead(candidate.graph)
+    return changed
+
+
+def _drop_dead(graph: ir.Graph) -> None:
+    """Remove Q/DQ/Cast nodes and initializers nothing reads any more (ORT warns about them otherwise)."""
+    for node in reversed(list(graph)):
+        if node.op_type in _CARRIERS and not any(out.uses() or out.is_graph_output() for out in node.outputs):
+            graph.remove(node, safe=True)
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output():
+            del graph.initializers[name]
+
+
+def _per_tensor_weights(candidate: ir.Model) -> bool:
+    """Whether the candidate's weights carry one scale per tensor (a DequantizeLinear of a constant with a scalar scale)."""
+    from onnx_ir.convenience import get_const_tensor
+
+    for node in candidate.graph:
+        if node.op_type == "DequantizeLinear" and len(node.inputs) > 1 and get_const_tensor(node.inputs[0]) is not None:
+            scale = get_const_tensor(node.inputs[1])
+            if scale is not None and scale.numpy().size == 1:
+                return True
+    return False
+
+
+def _trial_sizes(first: int, available: int) -> list[int]:
+    """How many nodes each trial excludes: the recommendation, then doubling, within the share limit."""
+    limit = max(first, int(available * MAX_FIX_SHARE))
+    sizes, size = [first], first
+    while len(sizes) < MAX_FIX_TRIALS and size < limit:
+        size = min(limit, max(size + 1, size * 2))
+        sizes.append(size)
+    return sizes
+
+
+def _ranked(result: DivergenceResult) -> list[str]:
+    """The recommendation first, then the other quantized nodes by their own (local) error, worst first."""
+    local = sorted((layer for layer in result.layers if layer.kind == "local"), key=lambda layer: layer.snr_db)
+    ranked = list(result.recommend_exclude)
+    for name in [layer.node for layer in local] + result.quantized:
+        if name not in ranked:
+            ranked.append(name)
+    return ranked
+
+
+def measure_fix(
+    result: DivergenceResult,
+    validation_reference: str | Path,
+    samples,
+    failing: list[str],
+    validation: dict[str, Any],
+    *,
+    labels: list[Any] | None = None,
+    metric=None,
+    context=None,
+    method: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MeasuredFix | None:
+    """Re-run the candidate with the recommendation applied, extend it greedily, and measure every step.
+
+    ``failing``: the gate expressions that failed on ``validation`` (the record they were checked
+    on); only those that validation accuracy measures (not latency, not baselines) are re-checked,
+    on the same ``samples`` and against the same ``validation_reference``. Returns None when
+    there is nothing to measure.
+    """
+    import time
+
+    from optimizer.gates import evaluate_gates, gate_metrics, parse_gate
+    from optimizer.runners import OrtRunner
+    from optimizer.validate import class_like_outputs, compare
+
+    if not result.recommend_exclude:
+        return None
+    start = time.perf_counter()
+    reference = OrtRunner(validation_reference)
+    accuracy = {"nonfinite_values", "max_abs_error", "max_rel_error", "min_cosine", "min_snr_db", "min_top1_agreement",
+                "min_top5_agreement"}
+    task_names = {metric.name, f"{metric.name}_increase", f"{metric.name}_drop"} if metric is not None else set()
+    gates = [g for g in failing if parse_gate(g)[0] in accuracy | task_names and _reachable(g)]
+    if not gates:
+        return None
+
+    class_like = class_like_outputs(load_model(validation_reference))
+
+    def measure(model: ir.Model, tmp: Path, step: int) -> dict[str, Any]:
+        path = save_model(model, tmp / f"fix{step}.onnx", external_data=ir.to_proto(model).ByteSize() > PROTOBUF_LIMIT)
+        return compare(reference, OrtRunner(path), samples, labels=labels, metric=metric, context=context, class_like=class_like)
+
+    ref_model = load_model(result.reference)
+    ranked = _ranked(result)
+    with tempfile.TemporaryDirectory(prefix="trtforge-fix-") as tmp:
+        before = {parse_gate(g)[0]: gate_metrics(validation)[parse_gate(g)[0]] for g in gates}
+        trials: list[FixTrial] = []
+        for step, size in enumerate(_trial_sizes(len(result.recommend_exclude), len(ranked)), start=1):
+            model = load_model(result.candidate)
+            applied = exclude_in_candidate(ref_model, model, ranked[:size])
+            checks = evaluate_gates(gates, measure(model, Path(tmp), step))
+            trials.append(FixTrial(exclude=applied, metrics={c.metric: c.value for c in checks}, passed=all(c.passed for c in checks)))
+            if progress:
+                progress(step)
+            if trials[-1].passed or (len(trials) > 1 and _gap_closed(gates, before, trials[-1].metrics)
+                                     - _gap_closed(gates, before, trials[-2].metrics) < MIN_FIX_PROGRESS):
+                break
+    fix = MeasuredFix(gates=gates, before=before, trials=trials, passed=trials[-1].passed, exclude=trials[-1].exclude,
+                      distributed=False, verdict="", seconds=time.perf_counter() - start,
+                      stopped=_stop_reason(trials, _trial_sizes(len(result.recommend_exclude), len(ranked)), len(ranked)))
+    fix.distributed = _gap_closed(gates, before, trials[0].metrics) < LOCAL_GAP_SHARE and not trials[0].passed
+    fix.verdict = _verdict(fix, result, _per_tensor_weights(load_model(result.candidate)), method)
+    return fix
+
+
+def _stop_reason(trials: list[FixTrial], sizes: list[int], available: int) -> str:
+    if trials[-1].passed:
+        return "the failing gates pass"
+    if len(trials) < len(sizes):
+        return f"still fails: the last step closed less than {MIN_FIX_PROGRESS:.0%} more of the gap"
+    if sizes[-1] >= available * MAX_FIX_SHARE:
+        return f"still fails: the limit of {MAX_FIX_SHARE:.0%} of the nodes in FP32 is reached"
+    return f"still fails: the limit of {MAX_FIX_TRIALS} trials is reached"
+
+
+def _reachable(gate: str) -> bool:
+    """Whether any model could pass ``gate`` (``min_cosine>=1.01`` cannot): only those are worth re-running for."""
+    from optimizer.gates import _OPS, parse_gate
+
+    name, op, threshold = parse_gate(gate)
+    lo, hi = _BOUNDS.get(name, (-math.inf, math.inf))
+    if op == "==":
+        return lo <= threshold <= hi
+    return bool(_OPS[op](hi if op in (">=", ">") else lo, threshold))
+
+
+def _gap_closed(gates: list[str], before: dict[str, float], after: dict[str, float]) -> float:
+    """The smallest share, over the gates, of the distance to the threshold the trial covered."""
+    from optimizer.gates import parse_gate
+
+    shares = []
+    for gate in gates:
+        name, _, threshold = parse_gate(gate)
+        gap = threshold - before[name]
+        shares.append(1.0 if gap == 0 or not np.isfinite(gap) else (after[name] - before[name]) / gap)
+    return min(shares, default=1.0)
+
+
+def _change_text(fix: MeasuredFix, trial: FixTrial) -> str:
+    return ", ".join(f"{name} {fix.before[name]:.4g} → {trial.metrics[name]:.4g}" for name in fix.before)
+
+
+def _verdict(fix: MeasuredFix, result: DivergenceResult, per_tensor: bool, method: str | None) -> str:
+    first, last = fix.trials[0], fix.trials[-1]
+    text = f"measured: excluding the {len(first.exclude)} recommended node(s) gives {_change_text(fix, first)}"
+    text += " (the failing gates pass)" if first.passed else f" (still fails {', '.join(fix.gates)})"
+    if len(fix.trials) > 1:
+        text += (f"; extended greedily (worst local error first) to {len(last.exclude)} of {len(result.quantized)} quantized nodes: "
+                 f"{_change_text(fix, last)} ({fix.stopped})")
+    if not fix.distributed:
+        return text + f". The error is local: keep {'those nodes' if last.passed else 'the nodes above'} in FP32."
+    closed = _gap_closed(fix.gates, fix.before, first.metrics)
+    local = [layer.snr_db for layer in result.layers if layer.kind == "local"]
+    spread = (f"; on exact inputs every quantized node loses a little (local SNR {min(local):.0f} to {max(local):.0f} dB), none stands out"
+              if local else "")
+    instead = []
+    if per_tensor:
+        instead.append("per-channel weights (the candidate has one scale per weight tensor: drop --per-tensor / set precision.per_channel: true)")
+    if method in (None, "max"):
+        instead.append("another calibration method (--method mse, or percentile" + ("; MinMax is the most fragile)" if method else "; if it was MinMax, that is the most fragile)"))
+    instead.append("an accuracy budget that keeps only as many layers in FP32 as the gate needs (trtforge quantize --budget "
+                   "'output_nrmse<=0.02' --val DIR, or precision.budget with the task metric)")
+    return (text + f". The error is distributed, not local: the recommended node(s) closed {max(closed, 0.0):.0%} of the gap "
+            f"(a local error closes {LOCAL_GAP_SHARE:.0%} or more){spread}, so excluding a few layers is not the fix"
+            + (f" ({len(last.exclude)} in FP32 cost much of the INT8 speed-up)" if last.passed else "")
+            + ". Try instead: " + "; ".join(instead) + ".")
+
+
+def fix_to_dict(fix: MeasuredFix | None) -> dict[str, Any] | None:
+    return asdict(fix) if fix is not None else None

@@ -1,4 +1,8 @@
-"""Release gates: ``metric<=value`` expressions checked against a report's numbers."""
+"""Release gates: ``metric<=value`` expressions checked against a report's numbers.
+
+With no gate given, ``default_gates`` applies (see ``DEFAULT_GATES_DOC``): a release gate must
+fail a broken candidate when it runs with no flags.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import math
 import operator
 import re
 from typing import Any
-
-import numpy as np
 
 from optimizer.errors import ConfigError
 from optimizer.report import GateResult
@@ -65,8 +67,58 @@ def gate_metrics(validation: dict[str, Any] | None) -> dict[str, float]:
         metrics["noise_max_abs"] = noise["max_abs"]
         if outputs:
             # How many times the reference's own run-to-run spread the candidate's error is.
-            metrics["error_to_noise"] = metrics["max_abs_error"] / max(noise["max_abs"], np.finfo(np.float32).tiny)
+            metrics["error_to_noise"] = _ratio(metrics["max_abs_error"], noise["max_abs"])
     return metrics
+
+
+def _ratio(error: float, floor: float) -> float:
+    """``error / floor`` in Python floats: inf for an infinite error or a zero floor, never a numpy overflow warning."""
+    error, floor = float(error), float(floor)
+    if error == 0.0:
+        return 0.0
+    if floor <= 0.0 or math.isinf(error):
+        return math.inf
+    try:
+        return error / floor
+    except OverflowError:  # pragma: no cover - Python floats return inf instead; kept for clarity
+        return math.inf
+
+
+# ---------------------------------------------------------------- default gates
+
+# Floors from the measured noise floor (benchmarks/RESULTS.md, section "default_gates"). The
+# reference against itself (other threads, ORT level "all") sits at SNR ~114 dB, cosine 1.0:
+# INT8 noise, not run-to-run noise, decides. Sound INT8 candidates of PP-OCRv4 rec (per-channel
+# MSE: CER 0.11%; per-channel MinMax: CER 0.74%; FP32 0.16%) keep worst-sample cosine >= 0.84,
+# SNR >= 11.8 dB and top-1 >= 0.95; the broken ones (per-tensor MinMax: CER 100%; one Conv
+# weight corrupted: CER 98.5%) fall to cosine <= 0.37, SNR <= 0.8 dB and top-1 <= 0.53. The
+# floors sit between, with margin on both sides: a default gate fails what is obviously broken
+# and never a sound INT8 model.
+DEFAULT_MIN_COSINE = 0.7
+DEFAULT_MIN_SNR_DB = 6.0  # noise at half the signal's amplitude
+DEFAULT_MIN_TOP1 = 0.8  # class-like outputs: the candidate's argmax agrees on 80% of the rows
+DEFAULT_TASK_POINTS = 1.0  # task metric in percent (UNIT '%'): at most 1 point worse than FP32
+DEFAULT_TASK_FRACTION = 0.01  # any other unit: at most 0.01 worse (1 point of a 0..1 score)
+
+DEFAULT_GATES_DOC = (
+    f"Default gates (when no --gate and no recipe gates are given; --no-default-gates drops them): "
+    f"every output finite (nonfinite_values==0); min_cosine>={DEFAULT_MIN_COSINE:g}; min_snr_db>={DEFAULT_MIN_SNR_DB:g}; "
+    f"min_top1_agreement>={DEFAULT_MIN_TOP1:g} for class-like outputs; with a task metric, "
+    f"at most {DEFAULT_TASK_POINTS:g} point worse (or {DEFAULT_TASK_FRACTION:g} for metrics not in %)."
+)
+
+
+def default_gates(validation: dict[str, Any] | None) -> list[str]:
+    """The gates that apply when none is given, for what this validation measured."""
+    if not validation or not validation.get("outputs"):
+        return []
+    gates = ["nonfinite_values==0", f"min_cosine>={DEFAULT_MIN_COSINE:g}", f"min_snr_db>={DEFAULT_MIN_SNR_DB:g}"]
+    if any("top1_agreement" in o for o in validation["outputs"]):
+        gates.append(f"min_top1_agreement>={DEFAULT_MIN_TOP1:g}")
+    if task := validation.get("task"):
+        bound = DEFAULT_TASK_POINTS if task.get("unit") == "%" else DEFAULT_TASK_FRACTION
+        gates.append(f"{task['name']}_{'drop' if task['higher_is_better'] else 'increase'}<={bound:g}")
+    return gates
 
 
 def regression_metrics(validation: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, float]:
@@ -105,10 +157,20 @@ def check_syntax(expressions: list[str]) -> None:
 
 
 def evaluate_gates(
-    expressions: list[str], validation: dict[str, Any] | None, baseline: dict[str, Any] | None = None
+    expressions: list[str],
+    validation: dict[str, Any] | None,
+    baseline: dict[str, Any] | None = None,
+    *,
+    defaults: bool = False,
 ) -> list[GateResult]:
-    """Check each gate; ``baseline`` (a previous report's validation record) adds the regression metrics."""
+    """Check each gate; ``baseline`` (a previous report's validation record) adds the regression metrics.
+
+    ``defaults``: with no ``expressions``, check ``default_gates(validation)`` instead (marked ``default``).
+    """
     metrics = gate_metrics(validation) | regression_metrics(validation, baseline)
+    is_default = defaults and not expressions
+    if is_default:
+        expressions = default_gates(validation)
     results = []
     for expression in expressions:
         name, op, threshold = parse_gate(expression)
@@ -122,5 +184,7 @@ def evaluate_gates(
             # No gate passes a candidate that computes NaN/Inf, whatever the gate measures.
             passed = False
             message += f"; the candidate produced {int(metrics['nonfinite_values'])} NaN/Inf values"
-        results.append(GateResult(expression=expression, metric=name, value=value, passed=passed, message=message))
+        results.append(
+            GateResult(expression=expression, metric=name, value=value, passed=passed, message=message, default=is_default)
+        )
     return results

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from optimizer.report import Report, _fmt, _summary_text, accuracy_rows
+from optimizer.report import Report, _fmt, _summary_text, accuracy_rows, data_rows, data_sentence, fix_rows
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:24px auto;max-width:1100px;color:#1d2330;padding:0 16px}
@@ -127,8 +127,14 @@ def _plot(fn, *args) -> str:
 def _gates(report: Report) -> str:
     if not report.gates:
         return "<p>No gates declared.</p>"
-    rows = [[g.expression, _fmt(g.value) if g.value is not None else "n/a", "pass" if g.passed else "FAIL", g.message] for g in report.gates]
-    return _table(["gate", "value", "result", "detail"], rows, {1})
+    rows = [[g.expression, _fmt(g.value) if g.value is not None else "n/a", "pass" if g.passed else "FAIL", g.message,
+             "default" if g.default else "given"] for g in report.gates]
+    note = ""
+    if any(g.default for g in report.gates):
+        from optimizer.gates import DEFAULT_GATES_DOC
+
+        note = f'<p class="meta">{_e(DEFAULT_GATES_DOC)}</p>'
+    return _table(["gate", "value", "result", "detail", "source"], rows, {1}) + note
 
 
 def _passes(report: Report) -> str:
@@ -176,7 +182,10 @@ def _accuracy(val: dict[str, Any]) -> str:
         headers += ["top-1 agree", "top-5 agree"]
         for row, out in zip(rows, val["outputs"]):
             row += [f"{out['top1_agreement']:.2%}", f"{out['top5_agreement']:.2%}"] if "top1_agreement" in out else ["", ""]
-    parts = [f"<p>{_e(val.get('samples', '?'))} samples.</p>", _table(headers, rows, set(range(1, len(headers))))]
+    parts = [f"<p>Validation data: {_e(data_sentence(val).replace('`', ''))}</p>"]
+    if inputs := data_rows(val):
+        parts.append(_table(["input", "dtype", "shapes", "value range"], inputs))
+    parts.append(_table(headers, rows, set(range(1, len(headers)))))
     if task := val.get("task"):
         unit = task.get("unit", "")
         parts.append(
@@ -205,6 +214,12 @@ def _divergence(div: dict[str, Any]) -> str:
         )
         if div.get("recommend_exclude"):
             parts.append(f"<p>Fix: <code>{_e(div['hint'])}</code></p>")
+        if fix := div.get("fix"):
+            names = list(fix["before"])
+            rows = [[i, len(t["exclude"]), *(_fmt(t["metrics"][m]) for m in names), "pass" if t["passed"] else "fail"]
+                    for i, t in enumerate(fix_rows(fix))]
+            parts.append(f"<p>Measured fix: {_e(fix['verdict'])}</p>")
+            parts.append(_table(["trial", "nodes in FP32", *names, "gates"], rows, set(range(0, len(names) + 2))))
     else:
         parts.append("<p>No tensor diverges beyond tolerance.</p>")
     parts.append(_plot(layer_error_plot, div))

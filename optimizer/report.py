@@ -39,6 +39,7 @@ class GateResult:
     value: float | None
     passed: bool
     message: str
+    default: bool = False  # one of the default gates (no --gate and no recipe gates were given)
 
 
 @dataclass
@@ -151,6 +152,56 @@ def accuracy_rows(validation: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _shape_text(shape: list[int]) -> str:
+    return "x".join(str(d) for d in shape) or "scalar"
+
+
+def data_sentence(validation: dict[str, Any]) -> str:
+    """What the validation data was, in words (the fingerprint is JSON; people read this)."""
+    fp = validation.get("data")
+    samples = validation.get("samples", "?")
+    if not isinstance(fp, dict):
+        return f"{samples} samples."
+    kind = "SYNTHETIC random samples" if fp.get("synthetic") else "samples"
+    text = f"{samples} {kind}"
+    if fp.get("sha256"):
+        text += f" (content sha256 `{str(fp['sha256'])[:12]}…`"
+        text += f", labels sha256 `{str(fp['labels_sha256'])[:12]}…`)" if fp.get("labels_sha256") else ")"
+    return text + "."
+
+
+def data_rows(validation: dict[str, Any]) -> list[list[str]]:
+    """Per input: dtype, the shapes seen and the value range of the validation data."""
+    fp = validation.get("data")
+    if not isinstance(fp, dict):
+        return []
+    rows = []
+    for name, stats in (fp.get("inputs") or {}).items():
+        shapes = [_shape_text(s) for s in stats.get("shapes", [])]
+        if len(shapes) > 3:
+            shown = f"{len(shapes)} shapes, {shapes[0]} … {shapes[-1]}"
+        else:
+            shown = ", ".join(shapes) or "?"
+        lo, hi = stats.get("min"), stats.get("max")
+        value_range = f"{_fmt(float(lo))} … {_fmt(float(hi))}" if lo is not None and hi is not None else "n/a"
+        rows.append([name, str(stats.get("dtype", "?")), shown, value_range])
+    return rows
+
+
+def fix_rows(fix: dict[str, Any]) -> list[dict[str, Any]]:
+    """The measured fix as trials, the candidate as it was first (row 0: nothing excluded)."""
+    return [{"exclude": [], "metrics": fix["before"], "passed": False}, *fix["trials"]]
+
+
+def gate_rows(report: Report) -> list[list[str]]:
+    """gate, value, result, source: default gates say so, so a reader knows nobody chose them."""
+    return [
+        [g.expression, _fmt(g.value) if g.value is not None else "n/a", "pass" if g.passed else "FAIL: " + g.message,
+         "default" if g.default else "given"]
+        for g in report.gates
+    ]
+
+
 def to_markdown(report: Report) -> str:
     status = "PASSED" if report.passed else "FAILED"
     lines = [
@@ -172,7 +223,10 @@ def to_markdown(report: Report) -> str:
     val = report.validation
     if val:
         lines += ["", "## Accuracy (candidate vs FP32 reference, ONNX Runtime CPU)", ""]
-        lines.append(f"{val.get('samples', '?')} samples from `{val.get('data', '?')}`.")
+        lines.append(f"Validation data: {data_sentence(val)}")
+        if rows := data_rows(val):
+            lines += ["", "| input | dtype | shapes | value range |", "|---|---|---|---|"]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines += ["", "| output | max abs | mean abs | max rel | min cosine | SNR (dB) |", "|---|---:|---:|---:|---:|---:|"]
         lines += ["| " + " | ".join(r) + " |" for r in accuracy_rows(val)]
         task = val.get("task")
@@ -209,12 +263,21 @@ def to_markdown(report: Report) -> str:
                 )
                 if div.get("hint"):
                     lines += ["", f"Fix: {div['hint']}"]
+                if fix := div.get("fix"):
+                    lines += ["", f"Measured fix: {fix['verdict']}", "", "| trial | nodes in FP32 | " + " | ".join(fix["before"]) + " | gates |",
+                              "|---:|---:|" + "---:|" * len(fix["before"]) + "---|"]
+                    lines += [f"| {i} | {len(t['exclude'])} | " + " | ".join(_fmt(t["metrics"][m]) for m in fix["before"])
+                              + f" | {'pass' if t['passed'] else 'fail'} |" for i, t in enumerate(fix_rows(fix))]
             else:
                 lines.append(f"No tensor diverges beyond tolerance ({div['compared']} tensors compared).")
     if report.gates:
-        lines += ["", "## Gates", "", "| gate | value | result |", "|---|---:|---|"]
-        for g in report.gates:
-            lines.append(f"| `{g.expression}` | {_fmt(g.value) if g.value is not None else 'n/a'} | {'pass' if g.passed else 'FAIL: ' + g.message} |")
+        lines += ["", "## Gates", ""]
+        if any(g.default for g in report.gates):
+            from optimizer.gates import DEFAULT_GATES_DOC
+
+            lines += [DEFAULT_GATES_DOC, ""]
+        lines += ["| gate | value | result | source |", "|---|---:|---|---|"]
+        lines += [f"| `{r[0]}` | " + " | ".join(r[1:]) + " |" for r in gate_rows(report)]
     warnings = report.warnings + [f"{s.name}: {w}" for s in report.stages for w in s.warnings]
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
@@ -262,9 +325,11 @@ def print_summary(report: Report, console) -> None:
         )
         if div.get("hint"):
             console.print(f"  fix: {escape(div['hint'])}")
+        if fix := div.get("fix"):
+            console.print(f"  {escape(fix['verdict'])}")
     for g in report.gates:
         mark = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
-        console.print(f"gate {g.expression}: {mark} ({g.message})")
+        console.print(f"{'default gate' if g.default else 'gate'} {escape(g.expression)}: {mark} ({escape(g.message)})")
     warnings = report.warnings + [f"{s.name}: {w}" for s in report.stages for w in s.warnings]
     for w in warnings:
         console.print(f"[yellow]warning[/]: {escape(w)}")

@@ -156,6 +156,29 @@ def _class_like(runner, name: str) -> bool:
     return isinstance(last, int) and last >= 2
 
 
+# Ops whose output is class scores: probabilities, or logits straight out of a linear layer.
+_SCORE_OPS = {"Softmax", "LogSoftmax", "Gemm", "MatMul"}
+# Ops that carry scores through unchanged in meaning (layout, a bias, a temperature).
+_SCORE_CARRIERS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Add", "Mul", "Div", "Identity", "Cast",
+                   "QuantizeLinear", "DequantizeLinear"}
+
+
+def class_like_outputs(model) -> set[str]:
+    """Graph outputs that carry class scores (Softmax/LogSoftmax, or Gemm/MatMul logits, through layout ops).
+
+    Top-1 agreement means something only there: an encoder's hidden features (a LayerNorm
+    output) also have a fixed last dim, but their argmax is not a prediction.
+    """
+    names = set()
+    for value in model.graph.outputs:
+        node, hops = value.producer(), 0
+        while node is not None and node.op_type in _SCORE_CARRIERS and node.inputs and hops < 8:
+            node, hops = (node.inputs[0].producer() if node.inputs[0] is not None else None), hops + 1
+        if node is not None and node.op_type in _SCORE_OPS:
+            names.add(value.name)
+    return names
+
+
 def reference_noise(runners: dict[str, Any], samples: Iterable[dict[str, np.ndarray]], limit: int = 8) -> dict[str, Any]:
     """The reference against itself under two ORT configurations: the floor no candidate can beat.
 
@@ -191,13 +214,18 @@ def compare(
     metric: TaskMetric | None = None,
     context: MetricContext | None = None,
     progress: Callable[[int], None] | None = None,
+    class_like: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Run both runners on every sample; return error statistics and the task metric."""
+    """Run both runners on every sample; return error statistics and the task metric.
+
+    ``class_like``: the outputs that carry class scores (``class_like_outputs``); top-1/top-5
+    agreement is counted for those. None: every float output with a fixed last dim >= 2.
+    """
     ref_names = reference.output_names
     missing = [n for n in ref_names if n not in candidate.output_names]
     if missing:
         raise ValidationError(f"the candidate lacks the reference's outputs {missing}; it has {candidate.output_names}")
-    stats = {n: OutputStats(n, topk=_class_like(reference, n)) for n in ref_names}
+    stats = {n: OutputStats(n, topk=_class_like(reference, n) and (class_like is None or n in class_like)) for n in ref_names}
     keep = metric is not None
     ref_outputs: list[dict[str, np.ndarray]] = []
     cand_outputs: list[dict[str, np.ndarray]] = []

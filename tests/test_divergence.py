@@ -182,3 +182,89 @@ def test_sample_per_tensor_int8_fails_the_gate_and_the_recommendation_fixes_it(s
     quantize(model, fixed, calib, per_channel=False, exclude=result.recommend_exclude)
     task, verdict = cer_gate(fixed)
     assert verdict.passed, (task, result.recommend_exclude, result.reason)
+
+
+# ---------------------------------------------------------------- the recommendation, measured
+
+
+def test_excluding_in_the_candidate_equals_requantizing_with_exclude(bad_candidate):
+    from optimizer.divergence import exclude_in_candidate
+    from optimizer.model import save_model
+
+    ref, cand, d = bad_candidate
+    model = load_model(cand)
+    assert exclude_in_candidate(load_model(ref), model, ["mm2"]) == ["mm2"]
+    assert not any(n.op_type == "DequantizeLinear" and "w2" in n.name for n in model.graph)  # its int8 weight is gone
+    surgery = save_model(model, d / "surgery.onnx")
+    requantized = d / "requantized.onnx"
+    quantize(ref, requantized, _samples(8, seed=2), per_channel=False, exclude=["mm2"])
+    a, b = OrtRunner(surgery), OrtRunner(requantized)
+    for feed in _samples(3, seed=9):
+        np.testing.assert_array_equal(a.run(feed)["y"], b.run(feed)["y"])
+
+
+def _gate_failure(ref, cand, val, gate):
+    from optimizer.gates import evaluate_gates
+    from optimizer.validate import compare
+
+    validation = compare(OrtRunner(ref), OrtRunner(cand), val)
+    failing = [g.expression for g in evaluate_gates([gate], validation) if not g.passed]
+    assert failing == [gate], validation["outputs"]
+    return validation, failing
+
+
+def test_a_local_error_is_fixed_by_the_recommendation_and_says_so(bad_candidate):
+    from optimizer.divergence import measure_fix
+
+    ref, cand, _ = bad_candidate
+    val = _samples(6, seed=5)
+    validation, failing = _gate_failure(ref, cand, val, "min_cosine>=0.99")
+    fix = measure_fix(find_divergence(ref, cand, val[:2]), ref, val, failing, validation)
+    assert [t.exclude for t in fix.trials] == [["mm2"]] and fix.passed and not fix.distributed
+    assert fix.before["min_cosine"] < 0.99 <= fix.trials[0].metrics["min_cosine"]
+    assert "The error is local" in fix.verdict and "min_cosine" in fix.verdict
+
+
+def _deep_model(path, layers: int = 8, width: int = 32) -> None:
+    """MatMul → Tanh, ``layers`` times; every weight has one 8x column, so every per-tensor scale is equally coarse."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        w[:, 0] *= 8.0
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        out = "y" if i == layers - 1 else f"t{i}"
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"mm{i}"),
+                  helper.make_node("Tanh", [f"h{i}"], [out], name=f"tanh{i}")]
+        prev = out
+    graph = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_a_distributed_error_is_measured_extended_and_named(tmp_path):
+    from optimizer.divergence import MAX_FIX_SHARE, measure_fix
+
+    ref, cand = tmp_path / "deep.onnx", tmp_path / "deep.int8.onnx"
+    _deep_model(ref)
+    feeds = lambda n, seed: [{"x": np.random.default_rng(seed + i).uniform(-1, 1, (4, 32)).astype(np.float32)} for i in range(n)]
+    quantize(ref, cand, feeds(8, 100), per_channel=False)
+    val = feeds(6, 200)
+    validation, failing = _gate_failure(ref, cand, val, "min_cosine>=0.999")
+    result = find_divergence(ref, cand, val[:2])
+    fix = measure_fix(result, ref, val, failing, validation)
+    # The recommendation, then greedy doubling up to half of the 8 quantized MatMuls; each one run for real.
+    assert [len(t.exclude) for t in fix.trials] == [1, 2, 4] and len(fix.trials[-1].exclude) == int(8 * MAX_FIX_SHARE)
+    assert fix.distributed and not fix.passed
+    cosines = [fix.before["min_cosine"]] + [t.metrics["min_cosine"] for t in fix.trials]
+    assert max(cosines) < 0.999 and len(set(cosines)) == len(cosines)  # measured, not copied
+    assert "distributed, not local" in fix.verdict and "per-channel weights" in fix.verdict and "--budget" in fix.verdict
+
+
+def test_no_fix_is_measured_for_a_gate_no_model_can_pass(bad_candidate):
+    from optimizer.divergence import measure_fix
+
+    ref, cand, _ = bad_candidate
+    val = _samples(4, seed=5)
+    validation, failing = _gate_failure(ref, cand, val, "min_cosine>=1.01")
+    assert measure_fix(find_divergence(ref, cand, val[:2]), ref, val, failing, validation) is None

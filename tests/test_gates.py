@@ -59,3 +59,56 @@ def test_nan_candidate_fails_every_gate(tmp_path):
     results = evaluate_gates(["max_abs_error<=1", "min_cosine>=-2"], {"outputs": [out]})
     assert [r.passed for r in results] == [False, False]
     assert "NaN/Inf" in results[1].message
+
+
+# ---------------------------------------------------------------- default gates
+
+
+def test_default_gates_cover_finite_cosine_snr_top1_and_task():
+    from optimizer.gates import DEFAULT_MIN_COSINE, DEFAULT_MIN_SNR_DB, DEFAULT_MIN_TOP1, default_gates
+
+    validation = {**VALIDATION, "task": {**VALIDATION["task"], "unit": "%"}}
+    validation["outputs"] = [dict(o, nonfinite=0) for o in VALIDATION["outputs"]]
+    validation["outputs"][0]["top1_agreement"] = 0.99
+    gates = default_gates(validation)
+    assert gates == ["nonfinite_values==0", f"min_cosine>={DEFAULT_MIN_COSINE:g}", f"min_snr_db>={DEFAULT_MIN_SNR_DB:g}",
+                     f"min_top1_agreement>={DEFAULT_MIN_TOP1:g}", "cer_increase<=1"]
+    # A higher-is-better metric outside percent gets a bound on its drop in its own unit.
+    validation["task"] = {"name": "acc", "reference": 0.9, "candidate": 0.8, "change": -0.1, "higher_is_better": True, "unit": ""}
+    assert default_gates(validation)[-1] == "acc_drop<=0.01"
+    assert default_gates(None) == [] and default_gates({"outputs": []}) == []
+
+
+def test_defaults_apply_only_without_explicit_gates():
+    results = evaluate_gates([], VALIDATION | {"outputs": [dict(o, nonfinite=0) for o in VALIDATION["outputs"]]}, defaults=True)
+    assert results and all(r.default for r in results)
+    assert {r.metric for r in results} >= {"nonfinite_values", "min_cosine", "min_snr_db", "cer_increase"}
+    explicit = evaluate_gates(["min_cosine>0.9"], VALIDATION, defaults=True)
+    assert [(r.expression, r.default) for r in explicit] == [("min_cosine>0.9", False)]
+    assert evaluate_gates([], VALIDATION, defaults=False) == []
+    assert evaluate_gates([], None, defaults=True) == []  # nothing was validated: nothing to gate
+
+
+def test_default_gates_fail_a_broken_candidate_and_pass_a_sound_one():
+    """Numbers from PP-OCRv4 rec (benchmarks/RESULTS.md, default_gates): per-channel MSE INT8 vs per-tensor MinMax."""
+    sound = {"outputs": [{"name": "y", "max_abs": 1.0, "max_rel": 1.0, "cosine_min": 0.917, "snr_db": 15.3, "nonfinite": 0,
+                          "top1_agreement": 0.974, "top5_agreement": 0.999}]}
+    broken = {"outputs": [{"name": "y", "max_abs": 1.0, "max_rel": 1.0, "cosine_min": 0.366, "snr_db": 0.8, "nonfinite": 0,
+                           "top1_agreement": 0.533, "top5_agreement": 0.7}]}
+    assert all(r.passed for r in evaluate_gates([], sound, defaults=True))
+    failed = [r.metric for r in evaluate_gates([], broken, defaults=True) if not r.passed]
+    assert failed == ["min_cosine", "min_snr_db", "min_top1_agreement"]
+
+
+def test_error_to_noise_never_warns_or_overflows():
+    import math
+    import warnings
+
+    base = {"outputs": [{"name": "y", "max_abs": 3e38, "max_rel": 1.0, "cosine_min": 0.3, "snr_db": 0.7, "nonfinite": 0}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarning would raise here
+        huge = gate_metrics(base | {"noise": {"max_abs": 1e-30}})
+        zero_floor = gate_metrics(base | {"noise": {"max_abs": 0.0}})
+        exact = gate_metrics({"outputs": [dict(base["outputs"][0], max_abs=0.0)], "noise": {"max_abs": 0.0}})
+    assert math.isinf(huge["error_to_noise"]) or huge["error_to_noise"] > 1e60
+    assert math.isinf(zero_floor["error_to_noise"]) and exact["error_to_noise"] == 0.0

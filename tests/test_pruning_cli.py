@@ -17,12 +17,19 @@ from optimizer.recipe import recipe_from_dict
 from optimizer.runners import OrtRunner
 
 
-def _model(tmp_path):
-    """conv1(8→16) → relu → conv2(16→32, 3×3) → y; dims static so FLOPs need no data."""
+def _model(tmp_path, dead: int = 0):
+    """conv1(8→16) → relu → conv2(16→32, 3×3) → y; dims static so FLOPs need no data.
+
+    ``dead``: the last channels of conv1 output zero (zero weights and bias): removing them
+    changes nothing, so a cut of that size passes the pruning check while a random one fails.
+    """
     rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((16, 8, 1, 1)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    if dead:
+        w1[-dead:], b1[-dead:] = 0.0, 0.0
     inits = [
-        numpy_helper.from_array(rng.standard_normal((16, 8, 1, 1)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"),
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(b1, "b1"),
         numpy_helper.from_array(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), "w2"),
     ]
     nodes = [
@@ -49,12 +56,13 @@ def _calib(tmp_path, name="calib", seed=0, n=4):
 
 
 def test_cli_dry_run_reports_and_writes_nothing(tmp_path):
-    path = _model(tmp_path)
-    result = CliRunner().invoke(main, ["prune", str(path), "--channels", "0.5", "--dry-run"])
+    path = _model(tmp_path, dead=4)
+    result = CliRunner().invoke(main, ["prune", str(path), "--channels", "0.25", "--dry-run", "--calib", str(_calib(tmp_path))])
     assert result.exit_code == 0, result.output
     assert "FLOPs" in result.output and "dry run: nothing written" in result.output
-    assert "16 → 8 channels" in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert "16 → 12 channels" in result.output
+    assert "pruned vs original on 4 calibration sample(s): output error" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "m.onnx"]
 
 
 def test_cli_2_4_then_inspect_reports_the_sparse_weights(tmp_path):
@@ -84,7 +92,7 @@ def test_cli_bad_options_exit_2_with_one_line(tmp_path, args, fragment):
 
 
 def test_prune_stage_runs_caches_and_keys_on_data(tmp_path):
-    path = _model(tmp_path)
+    path = _model(tmp_path, dead=8)
     recipe = recipe_from_dict({"prune": {"enabled": True, "channels": 0.5}, "precision": {"mode": "none"}, "build": {"enabled": "no"}})
     calib = _calib(tmp_path)
     report = optimize(path, tmp_path / "out", recipe, calib=calib)
@@ -129,3 +137,69 @@ def test_prune_stage_accuracy_budget_needs_validation_data(tmp_path):
     details = report.stage("prune").details
     assert details["budget"]["max_error"] == 0.5 and details["budget"]["trials"]
     assert all(t["relative_error"] <= 0.5 for t in details["budget"]["trials"][:-1])
+
+
+# ---------------------------------------------------------------- pruning measures itself
+
+
+def test_a_destroying_cut_exits_1_names_groups_and_writes_nothing(tmp_path):
+    path = _model(tmp_path)  # random weights: every channel matters
+    out = tmp_path / "p.onnx"
+    result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--channels", "0.5", "--calib", str(_calib(tmp_path))])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "BEYOND the tolerance 0.15" in text and "worst groups: conv1" in text
+    assert "--flops-target" in text and "--max-error" in text and "--force" in text
+    assert "nothing written" in text and not out.exists()
+    forced = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--channels", "0.5", "--calib", str(_calib(tmp_path, "c2")),
+                                       "--force", "--json"])
+    assert forced.exit_code == 0 and out.exists(), forced.output
+    check = json.loads(forced.output)["check"]
+    assert check["relative_error"] > 0.15 and not check["passed"] and check["data"] == "calibration"
+
+
+def test_a_harmless_cut_passes_the_check_on_generated_data(tmp_path):
+    from optimizer.pruning import prune
+
+    path = _model(tmp_path, dead=4)
+    result = prune(path, tmp_path / "p.onnx", channels=0.25, criterion="l1")  # no data: generated inputs, weight criterion
+    assert result.check["data"] == "generated" and result.check["passed"]
+    assert result.check["relative_error"] < 1e-5 and result.output == str(tmp_path / "p.onnx")
+    x = {"x": np.random.default_rng(3).standard_normal((1, 8, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(OrtRunner(tmp_path / "p.onnx").run(x)["y"], OrtRunner(path).run(x)["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_prune_stage_stops_the_run_on_a_destroying_cut(tmp_path):
+    from optimizer.errors import GateFailed
+
+    path = _model(tmp_path)
+    recipe = recipe_from_dict({"prune": {"enabled": True, "channels": 0.5}, "precision": {"mode": "none"}, "build": {"enabled": "no"}})
+    with pytest.raises(GateFailed, match="prune stage: pruned vs original .* BEYOND the tolerance"):
+        optimize(path, tmp_path / "out", recipe, calib=_calib(tmp_path))
+    assert not (tmp_path / "out" / "m.pruned.onnx").exists()
+
+
+def test_help_states_the_default_tolerance():
+    from optimizer.pruning.check import DEFAULT_TOLERANCE
+
+    text = " ".join(CliRunner().invoke(main, ["prune", "--help"]).output.split())
+    assert f"default: {DEFAULT_TOLERANCE:g}" in text and f"default {DEFAULT_TOLERANCE:g}" in text and "--force" in text
+
+
+def test_prune_stage_records_the_task_metric_of_the_pruned_model(tmp_path):
+    path = _model(tmp_path, dead=8)
+    val = _calib(tmp_path, "val", seed=4)
+    (val / "labels.json").write_text(json.dumps({f"{i:03d}.npz": 0 for i in range(4)}))
+    (tmp_path / "metric.py").write_text(
+        "NAME = 'energy'\nUNIT = ''\nHIGHER_IS_BETTER = True\n"
+        "def energy(outputs, labels, context):\n    return float(sum(abs(o['y']).mean() for o in outputs) / len(outputs))\n"
+    )
+    recipe = recipe_from_dict({"prune": {"enabled": True, "channels": 0.5}, "precision": {"mode": "none"}, "build": {"enabled": "no"},
+                               "validate": {"metric": str(tmp_path / "metric.py") + ":energy", "latency": {"enabled": False}}})
+    report = optimize(path, tmp_path / "out", recipe, calib=_calib(tmp_path), val=val)
+    stage = report.stage("prune")
+    task = stage.details["task"]
+    assert task["name"] == "energy" and task["reference"] > 0
+    assert task["candidate"] == pytest.approx(task["reference"], rel=1e-4)  # only dead channels were cut
+    assert "energy original → pruned" in stage.summary and "output error" in stage.summary
+    assert stage.details["check"]["passed"] and stage.details["check"]["relative_error"] < 1e-4

@@ -16,8 +16,10 @@ def test_ppocr_rec_channel_groups_consistent_and_model_runs(sample_dir, tmp_path
     model = sample_dir / "ppocr_rec.onnx"
     out = tmp_path / "rec.pruned.onnx"
     calib = NpzFolderSource(sample_dir / "data" / "calib")
-    result = prune(model, out, channels=0.25, source=calib, samples=2, reconstruct=False, criterion="l2")
+    # Structure is what this test checks: force the write whatever the accuracy check says.
+    result = prune(model, out, channels=0.25, source=calib, samples=2, reconstruct=False, criterion="l2", force=True)
     assert result.flops_reduction > 0.2 and result.params_after < result.params_before
+    assert result.check["data"] == "calibration" and result.check["samples"] == min(8, len(calib))
     pruned = [g for g in result.groups if g.roots and not g.reason]
     left = [g for g in result.groups if g.roots and g.reason]
     assert pruned and left  # the recognizer's neck feeds Reshape/Concat: those groups must stay whole
@@ -38,3 +40,23 @@ def test_ppocr_rec_channel_groups_consistent_and_model_runs(sample_dir, tmp_path
         a, b = ref.run(feed), cand.run(feed)
         for k in a:
             assert a[k].shape == b[k].shape and np.isfinite(b[k]).all()
+
+
+@pytest.mark.slow
+def test_ppocr_rec_destroyed_by_unrepaired_2_4_is_caught_and_not_written(sample_dir, tmp_path):
+    """Magnitude 2:4 without repair takes PP-OCRv4 rec to CER 100% (benchmarks/RESULTS.md): the check must see it."""
+    from optimizer.pruning.check import DEFAULT_TOLERANCE
+
+    model = sample_dir / "ppocr_rec.onnx"
+    out = tmp_path / "rec.24.onnx"
+    calib = NpzFolderSource(sample_dir / "data" / "calib")
+    result = prune(model, out, sparsity="2:4", method="magnitude", reconstruct=False, source=calib, samples=2)
+    assert not result.check["passed"] and result.check["relative_error"] > DEFAULT_TOLERANCE
+    assert result.output is None and not out.exists()
+    # Measured on held-out lines too, not only on the calibration lines the check used.
+    from optimizer.pruning.check import measure_outputs
+
+    forced = prune(model, out, sparsity="2:4", method="magnitude", reconstruct=False, source=calib, samples=2, force=True)
+    assert forced.output == str(out)
+    held_out = measure_outputs(model, out, NpzFolderSource(sample_dir / "data" / "val"))
+    assert held_out["relative_error"] > DEFAULT_TOLERANCE

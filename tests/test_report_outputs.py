@@ -106,11 +106,12 @@ def test_markdown_and_html_show_the_divergence_search():
 
 
 def _scale_model(path: Path, factor: float) -> Path:
+    """10-class logits y = x @ (factor * I): a MatMul output, so top-1 agreement is measured on it."""
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"], name="scale")], "g",
+        [helper.make_node("MatMul", ["x", "k"], ["y"], name="scale")], "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 10])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 10])],
-        [helper.make_tensor("k", onnx.TensorProto.FLOAT, [], [factor])],
+        [helper.make_tensor("k", onnx.TensorProto.FLOAT, [10, 10], (factor * np.eye(10)).ravel().tolist())],
     )  # fmt: skip
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -163,3 +164,54 @@ def test_paired_speedup_cancels_drift_that_p50s_do_not():
     cand = {"samples_ms": [5.0, 5.0, 15.0, 15.0, 15.0]}
     assert paired_speedup(ref, cand) == pytest.approx(2.0)
     assert float(np.median(ref["samples_ms"]) / np.median(cand["samples_ms"])) == pytest.approx(10 / 15)  # p50s mislead
+
+
+def test_data_line_is_a_sentence_and_a_table_not_a_dict():
+    from optimizer.report import data_rows, data_sentence
+
+    validation = _validation(cer=0.3, p50=1.0, speedup=1.0)
+    validation["data"] = {"count": 10, "sha256": "ab" * 32, "synthetic": False, "labels_sha256": "cd" * 32,
+                          "inputs": {"x": {"dtype": "float32", "min": -1.0, "max": 1.0,
+                                           "shapes": [[1, 3, 48, w] for w in (80, 120, 160, 200, 320)]}}}
+    text = to_markdown(_report(validation, evaluate_gates([], validation, defaults=True)))
+    assert "{'count'" not in text and "{\"count\"" not in text
+    assert "Validation data: 10 samples (content sha256 `abababababab…`, labels sha256 `cdcdcdcdcdcd…`)." in text
+    assert "| x | float32 | 5 shapes, 1x3x48x80 … 1x3x48x320 | -1 … 1 |" in text
+    assert data_rows({"data": None}) == [] and data_sentence({"samples": 3}) == "3 samples."
+    validation["data"]["synthetic"] = True
+    assert "SYNTHETIC" in data_sentence(validation)
+    html = to_html(_report(validation, []))
+    assert "{&#x27;count&#x27;" not in html and "1x3x48x80 … 1x3x48x320" in html
+
+
+def test_default_gates_are_listed_in_markdown_html_and_junit():
+    from optimizer.gates import DEFAULT_GATES_DOC
+
+    validation = _validation(cer=0.3, p50=1.0, speedup=1.0)
+    report = _report(validation, evaluate_gates([], validation, defaults=True))
+    assert report.gates and all(g.default for g in report.gates)
+    md = to_markdown(report)
+    assert DEFAULT_GATES_DOC in md and "| `min_cosine>=0.7` | 0.99 | pass | default |" in md
+    assert "default" in to_html(report) and "source" in to_html(report)
+    suite = ET.fromstring(to_junit(report)).find("testsuite")
+    assert {c.get("classname") for c in suite.iter("testcase")} == {"trtforge.default_gates.m.onnx"}
+    assert any(p.get("name") == "default_gates" for p in suite.iter("property"))
+    # A report saved before the field existed still loads (the field defaults to "given").
+    assert GateResult(expression="a<=1", metric="a", value=1.0, passed=True, message="").default is False
+
+
+def test_measured_fix_is_rendered_with_every_trial():
+    validation = _validation(cer=0.3, p50=1.0, speedup=1.0)
+    validation["divergence"] = {
+        "first": {"order": 3, "node": "mm3", "op_type": "MatMul", "tensor": "h3", "snr_db": 12.0}, "tolerance": {"min_snr_db": 20.0},
+        "compared": 16, "samples": 2, "peak_rss_anon_mb": 80.0, "reason": "r", "hint": "keep in FP32: --exclude mm3",
+        "recommend_exclude": ["mm3"], "sessions": 1, "chunk": 32, "baseline_rss_anon_mb": 60.0, "seconds": 1.0, "layers": [],
+        "fix": {"gates": ["min_cosine>=0.999"], "before": {"min_cosine": 0.984}, "passed": False, "distributed": True,
+                "exclude": ["mm3", "mm1"], "verdict": "The error is distributed, not local", "seconds": 2.0,
+                "trials": [{"exclude": ["mm3"], "metrics": {"min_cosine": 0.9841}, "passed": False},
+                           {"exclude": ["mm3", "mm1"], "metrics": {"min_cosine": 0.9862}, "passed": False}]},
+    }
+    md = to_markdown(_report(validation, []))
+    assert "Measured fix: The error is distributed, not local" in md
+    assert "| 0 | 0 | 0.984 | fail |" in md and "| 2 | 2 | 0.9862 | fail |" in md
+    assert "Measured fix: The error is distributed" in to_html(_report(validation, []))

@@ -104,3 +104,82 @@ def test_latency_harness_times_every_runner_alike(tmp_path):
     assert calls == {"ref": 2 * 2 + 10, "cand": 2 * 2 + 10}
     for t in times.values():
         assert 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"] and math.isfinite(t["mean_ms"])
+
+
+# ---------------------------------------------------------------- `trtforge validate` with no flags: default gates
+
+
+@pytest.fixture(scope="module")
+def chain_models(tmp_path_factory):
+    """A MatMul chain, its per-tensor INT8 copy (broken by one wide weight column) and validation data."""
+    from calibration import quantize
+    from test_divergence import _chain_model, _samples
+
+    d = tmp_path_factory.mktemp("validate_cli")
+    ref = d / "ref.onnx"
+    _chain_model(ref, wide_column=True)
+    bad = d / "bad.onnx"
+    quantize(ref, bad, _samples(8, seed=2), per_channel=False)
+    data = d / "val"
+    data.mkdir()
+    for i, feed in enumerate(_samples(6, seed=5)):
+        np.savez(data / f"{i:03d}.npz", **feed)
+    return ref, bad, data
+
+
+def _validate(*args):
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    return CliRunner().invoke(main, ["validate", *map(str, args), "--no-latency"])
+
+
+def test_broken_candidate_fails_without_gates_and_the_search_measures_its_fix(chain_models):
+    import subprocess
+    import sys
+
+    ref, bad, data = chain_models
+    proc = subprocess.run(
+        [sys.executable, "-m", "optimizer.cli", "validate", str(bad), "--reference", str(ref), "--data", str(data), "--no-latency"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "default gate min_cosine>=" in out and "FAIL" in out
+    assert "first divergent layer: " in out and "--exclude mm2" in out  # the MatMul whose weight lost precision
+    # The recommendation was applied and measured before it was printed.
+    assert "measured: excluding the 1 recommended node(s) gives min_cosine" in out and "The error is local" in out
+    assert "wrote candidate" not in out  # validation reads the candidate; it writes nothing
+
+
+def test_identical_candidate_passes_the_default_gates(chain_models, tmp_path):
+    ref, _, data = chain_models
+    result = _validate(ref, "--reference", ref, "--data", data, "--report", tmp_path / "r.json", "--junit", tmp_path / "j.xml")
+    assert result.exit_code == 0, result.output
+    assert "default gate nonfinite_values==0: pass" in " ".join(result.output.split())
+    assert f"wrote {tmp_path / 'r.json'}" in result.output
+    junit = (tmp_path / "j.xml").read_text()
+    assert 'classname="trtforge.default_gates.' in junit and 'name="default_gates"' in junit
+
+
+def test_explicit_gate_replaces_defaults_and_no_default_gates_drops_them(chain_models):
+    ref, bad, data = chain_models
+    loose = _validate(bad, "--reference", ref, "--data", data, "--gate", "min_cosine>=0.1", "--divergence", "never")
+    assert loose.exit_code == 0, loose.output
+    assert "default gate" not in loose.output and "gate min_cosine>=0.1: pass" in loose.output
+    dropped = _validate(bad, "--reference", ref, "--data", data, "--no-default-gates", "--divergence", "never")
+    assert dropped.exit_code == 0 and "gate" not in dropped.output.replace("gates", ""), dropped.output
+
+
+def test_help_lists_the_default_gates_with_their_thresholds():
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+    from optimizer.gates import DEFAULT_MIN_COSINE, DEFAULT_MIN_SNR_DB, DEFAULT_MIN_TOP1
+
+    text = CliRunner().invoke(main, ["validate", "--help"]).output
+    for expected in (f"min_cosine>={DEFAULT_MIN_COSINE:g}", f"min_snr_db>={DEFAULT_MIN_SNR_DB:g}",
+                     f"min_top1_agreement>={DEFAULT_MIN_TOP1:g}", "nonfinite_values==0", "--no-default-gates"):
+        assert expected in text, expected

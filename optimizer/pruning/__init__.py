@@ -8,6 +8,10 @@ Calibration data makes pruning data-aware (activation-weighted saliency) and let
 least-squares reconstruction repair the kept weights (``reconstruct=True``); without data the
 criteria fall back to weight magnitude and nothing is refit. The input file is never
 modified; the output is written atomically, and only when ``dry_run`` is false.
+
+Every prune measures itself (``check``): the pruned model runs next to the original on the
+calibration data (or generated inputs) and its output error is recorded in ``result.check``;
+beyond ``tolerance`` nothing is written unless ``force`` is set.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.errors import ConfigError
+from optimizer.feeds import check_feed_size
 from optimizer.model import input_specs, load_model, refuse_overwrite, save_model
 from calibration.data import Limited
 from optimizer.pruning.allocation import allocate, flops_after
 from optimizer.pruning.activations import LayerStats, collect_hessians, conv_geometry
 from optimizer.pruning.channel_pruning import CRITERIA, apply_channel_pruning, channel_scores, kept_count
 from optimizer.pruning.channels import ChannelGroup, find_groups
+from optimizer.pruning.check import CHECK_SAMPLES, DEFAULT_TOLERANCE, measure_outputs, worst_groups
 from optimizer.pruning.flops import count_parameters, model_flops, observe_shapes
 from optimizer.pruning.layers import Layer, find_layers, prepare_model
 from optimizer.pruning.sequential import refit_in_waves, refittable
@@ -56,6 +62,8 @@ class GroupChoice:
     roots: list[str]
     consumers: list[str]
     reason: str = ""
+    #: With data: the readers' relative output error after the refit, in closed form (``allocation.refit_error``).
+    estimated_error: float | None = None
 
 
 @dataclass
@@ -83,6 +91,8 @@ class PruneResult:
     seconds: float = 0.0
     #: With an accuracy budget (``budget.prune_within_error``): the budget and every trial's error.
     budget: dict | None = None
+    #: The pruned model against the original (``check``): error, tolerance, verdict, worst groups.
+    check: dict | None = None
 
     @property
     def flops_reduction(self) -> float:
@@ -112,16 +122,17 @@ def _shape_feed(model: ir.Model, source, input_shapes: dict[str, tuple[int, ...]
     if source is not None:
         for feed in source:
             return dict(feed)
-    feed = {}
     for spec in input_specs(model):
         shape = (input_shapes or {}).get(spec.name) or spec.shape
         if shape is None or any(not isinstance(d, int) for d in shape):
             raise ConfigError(
                 f"input '{spec.name}' has dynamic dims {spec.shape}: give calibration data (--calib DIR) "
-                f"or a shape (--shape {spec.name}:1x3x640x640) so FLOPs and channel counts can be measured"
+                f"or a shape (--shapes {spec.name}:1x3x640x640) so FLOPs and channel counts can be measured"
             )
-        feed[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
-    return feed
+    specs = input_specs(model)
+    shapes = {s.name: (input_shapes or {}).get(s.name) or s.shape for s in specs}
+    check_feed_size(specs, shapes)  # before np.zeros: a hostile shape costs nothing
+    return {s.name: np.zeros(shapes[s.name], dtype=np.dtype(s.dtype)) for s in specs}
 
 
 def _stats_for(model, layers, source, samples, positions, progress) -> dict[str, LayerStats] | None:
@@ -154,42 +165,8 @@ def _ratio_for_flops(groups, flops: dict[str, int], target: float) -> float:
     return hi
 
 
-def prune(
-    model_path: str | Path,
-    output_path: str | Path | None,
-    *,
-    sparsity: str | None = None,
-    channels: float | None = None,
-    flops_target: float | None = None,
-    source=None,
-    method: str = "auto",
-    criterion: str = "auto",
-    reconstruct: bool = True,
-    exclude: list[str] | tuple[str, ...] = (),
-    min_weights: int | None = None,
-    samples: int | None = 32,
-    positions: int = 1024,
-    damp: float = 0.01,
-    waves: int = 0,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    dry_run: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> PruneResult:
-    """Prune ``model_path`` into ``output_path``; see the module docstring.
-
-    ``sparsity="2:4"``: 2:4 on eligible Conv/Gemm/MatMul weights; ``method`` picks the mask
-    ("magnitude", "activation" = |w|·‖x‖, "obs" = OBS saliency with reconstruction built in).
-    ``channels``: fraction of each prunable channel group to remove; ``flops_target``: instead,
-    the fraction of Conv/Gemm/MatMul FLOPs to remove (without data: one uniform ratio is searched for).
-    ``criterion`` ranks channels ("l1", "l2", "activation"). ``exclude``: node-name globs.
-    With data, a FLOPs target is spread over groups by measured sensitivity (``allocation``).
-    ``reconstruct``: refit each pruned layer (2:4) or each reader of pruned channels by least
-    squares on the original model's activations; ``waves > 0`` instead refits every layer in
-    graph order on the pruned model's own activations (slower; see ``sequential``).
-    """
-    start = time.perf_counter()
-    from optimizer.pruning.semistructured import MIN_WEIGHTS
-
+def _checked_options(sparsity, channels, flops_target, source, method, criterion, dry_run, output_path) -> tuple[str, str]:
+    """Refuse contradictory or impossible options before any work; resolve the 'auto' method and criterion."""
     if sparsity is not None and sparsity not in SPARSITY_PATTERNS:
         raise ConfigError(f"sparsity '{sparsity}' is not supported; choose one of: {', '.join(SPARSITY_PATTERNS)}")
     if channels is not None and flops_target is not None:
@@ -211,6 +188,50 @@ def prune(
         raise ConfigError(f"criterion '{criterion}' is unknown; choose one of: auto, {', '.join(CRITERIA)}")
     if not dry_run and output_path is None:
         raise ConfigError("an output path is needed unless dry_run is set")
+    return method, criterion
+
+
+def prune(
+    model_path: str | Path,
+    output_path: str | Path | None,
+    *,
+    sparsity: str | None = None,
+    channels: float | None = None,
+    flops_target: float | None = None,
+    source=None,
+    method: str = "auto",
+    criterion: str = "auto",
+    reconstruct: bool = True,
+    exclude: list[str] | tuple[str, ...] = (),
+    min_weights: int | None = None,
+    samples: int | None = 32,
+    positions: int = 1024,
+    damp: float = 0.01,
+    waves: int = 0,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    dry_run: bool = False,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> PruneResult:
+    """Prune ``model_path`` into ``output_path``; see the module docstring.
+
+    ``sparsity="2:4"``: 2:4 on eligible Conv/Gemm/MatMul weights; ``method`` picks the mask
+    ("magnitude", "activation" = |w|·‖x‖, "obs" = OBS saliency with reconstruction built in).
+    ``channels``: fraction of each prunable channel group to remove; ``flops_target``: instead,
+    the fraction of Conv/Gemm/MatMul FLOPs to remove (without data: one uniform ratio is searched for).
+    ``criterion`` ranks channels ("l1", "l2", "activation"). ``exclude``: node-name globs.
+    With data, a FLOPs target is spread over groups by measured sensitivity (``allocation``).
+    ``reconstruct``: refit each pruned layer (2:4) or each reader of pruned channels by least
+    squares on the original model's activations; ``waves > 0`` instead refits every layer in
+    graph order on the pruned model's own activations (slower; see ``sequential``).
+    ``tolerance``: the largest relative output error (``check``) at which the model is written
+    (None: no check); ``force`` writes it beyond that too. ``result.output`` is None when nothing was written.
+    """
+    start = time.perf_counter()
+    from optimizer.pruning.semistructured import MIN_WEIGHTS
+
+    method, criterion = _checked_options(sparsity, channels, flops_target, source, method, criterion, dry_run, output_path)
     model_path = Path(model_path)
     if output_path is not None:
         refuse_overwrite(model_path, output_path)
@@ -249,20 +270,45 @@ def prune(
         choice.flops = flops.get(choice.name, 0)
         choice.flops_after = flops_after.get(choice.name, 0)
     result.params_after, result.nonzero_after = count_parameters(model)
-    if not dry_run:
+    if tolerance is not None:
+        result.check = _check(model, model_path, source, feed, tolerance, result)
+    if not dry_run and (result.check is None or result.check["passed"] or force):
         save_model(model, output_path)
+    else:
+        result.output = None
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check(model: ir.Model, model_path: Path, source, feed, tolerance: float, result: PruneResult) -> dict:
+    """Run the pruned model next to the original (``check.measure_outputs``) before anything is written."""
+    import tempfile
+
+    from calibration import synthetic_source
+
+    if tolerance <= 0:
+        raise ConfigError(f"the pruning tolerance must be positive, got {tolerance}")
+    if source is not None:
+        samples, kind = Limited(source, CHECK_SAMPLES), "calibration"
+    else:
+        shapes = {name: np.shape(value) for name, value in feed.items()}
+        samples, kind = synthetic_source(input_specs(model), count=4, shapes=shapes, seed=0), "generated"
+    with tempfile.TemporaryDirectory(prefix="trtforge-prune-check-") as tmp:
+        measured = measure_outputs(model_path, save_model(model, Path(tmp) / "pruned.onnx"), samples)
+    passed = measured["relative_error"] <= tolerance
+    return {**measured, "data": kind, "tolerance": tolerance, "passed": passed,
+            "worst_groups": [] if passed else worst_groups(result.groups)}
 
 
 def _prune_channels(model, result, feed, flops, channels, flops_target, source, criterion, reconstruct,
                     exclude, samples, positions, damp, waves, progress) -> None:
     from calibration.stats import _session_with_outputs
 
-    names = [v.name for node in model.graph for v in node.outputs if v.name]
+    names = [v.name for node in model.graph for v in node.outputs if v.name and isinstance(v.type, ir.TensorType | None)]
     with _session_with_outputs(model, names) as runner:
         outputs = runner.run(feed, names)
-    shapes = {k: tuple(v.shape) for k, v in outputs.items()}
+    # Sequence and optional values come back as lists: they have no shape to prune by.
+    shapes = {k: tuple(v.shape) for k, v in outputs.items() if hasattr(v, "shape")}
     shapes.update({k: tuple(np.shape(v)) for k, v in feed.items()})
     groups = find_groups(model, shapes, exclude)
     prunable = [g for g in groups if g.prunable]
@@ -284,6 +330,8 @@ def _prune_channels(model, result, feed, flops, channels, flops_target, source, 
         ratios = {g.id: uniform for g in prunable}
         channels = uniform  # reported: the uniform ratio that meets the target
     result.channels = channels
+    from optimizer.pruning.allocation import refit_error
+
     plan = {}
     for g in groups:
         choice = GroupChoice(g.id, g.channels, g.channels, [n.name for n in g.roots], [n.name for n in g.consumers])
@@ -291,6 +339,8 @@ def _prune_channels(model, result, feed, flops, channels, flops_target, source, 
             keep = kept_count(g.channels, ratios.get(g.id, 0.0))
             if keep < g.channels:
                 plan[g.id] = np.sort(np.argsort(-scores[g.id], kind="stable")[:keep])
+                if stats:  # before the weights are sliced: the estimate reads the original readers
+                    choice.estimated_error = refit_error(g, plan[g.id], stats)
             choice.kept = keep
         else:
             choice.reason = "; ".join(dict.fromkeys(g.pinned))[:300] or "no prunable root"

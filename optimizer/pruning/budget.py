@@ -13,24 +13,16 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from optimizer.errors import ConfigError
 from optimizer.model import refuse_overwrite, save_model
-from optimizer.runners import OrtRunner
 
 CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def relative_error(reference: Path, candidate: Path, val: Iterable) -> float:
-    ref, cand = OrtRunner(reference), OrtRunner(candidate)
-    num = den = 0.0
-    for feed in val:
-        a, b = ref.run(feed), cand.run(feed)
-        for k in a:
-            num += float(np.abs(a[k].astype(np.float64) - b[k]).mean())
-            den += float(np.abs(a[k].astype(np.float64)).mean())
-    return num / den if den else 0.0
+    from optimizer.pruning.check import measure_outputs
+
+    return measure_outputs(reference, candidate, val)["relative_error"]
 
 
 def prune_within_error(
@@ -58,7 +50,8 @@ def prune_within_error(
     with tempfile.TemporaryDirectory(prefix="trtforge-prune-budget-") as tmp:
         for target in sorted(candidates):
             trial = Path(tmp) / f"cut{target:.3f}.onnx"
-            result = prune(model_path, trial, flops_target=target, **kwargs)
+            # The budget is this search's own check: each trial is measured on the validation data below.
+            result = prune(model_path, trial, flops_target=target, tolerance=None, **kwargs)
             err = relative_error(Path(model_path), trial, val)
             trials.append({"flops_target": target, "flops_reduction": result.flops_reduction, "relative_error": err})
             if err > max_error:
