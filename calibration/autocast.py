@@ -31,7 +31,7 @@ from calibration.checks import check_runs
 from calibration.data import validate_source
 from calibration.stats import collect_ranges
 from optimizer.errors import CalibrationError, ConfigError
-from optimizer.model import input_specs, load_model, refuse_overwrite, save_model
+from optimizer.model import input_specs, load_model, opset_of, refuse_overwrite, save_model
 
 LOW_DTYPES = {"float16": ir.DataType.FLOAT16, "bfloat16": ir.DataType.BFLOAT16}
 _TYPE_STR = {ir.DataType.FLOAT16: "tensor(float16)", ir.DataType.BFLOAT16: "tensor(bfloat16)"}
@@ -103,7 +103,7 @@ def autocast(
             if (amax := max(abs(r.min), abs(r.max))) > limit:
                 out_of_range[name] = amax
 
-    opset = model.opset_imports.get("", 0)
+    opset = opset_of(model)
     plans: dict[ir.Node, list[int]] = {}  # lowered node -> input indices that take the low dtype
     kept: dict[str, str] = {}
     float_nodes = 0

@@ -14,7 +14,7 @@ import onnx_ir as ir
 from onnx import version_converter
 
 from optimizer.errors import CalibrationError
-from optimizer.model import to_proto_bytes
+from optimizer.model import opset_of, to_proto_bytes
 from optimizer.runners import OrtRunner
 
 # Both runs use the same ORT kernels; only rewritten ops may differ, and only by float
@@ -22,8 +22,6 @@ from optimizer.runners import OrtRunner
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def opset_of(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
 def upgrade_opset(model: ir.Model, target: int, sample: dict[str, np.ndarray]) -> ir.Model:

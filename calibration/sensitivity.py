@@ -24,7 +24,6 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -32,12 +31,13 @@ import onnx_ir as ir
 from calibration import QuantizeResult, quantize
 from calibration.data import validate_source
 from calibration.opset import upgrade_opset
-from calibration.qdq import MIN_OPSET, insert_qdq, plan_qdq, target_format
+from calibration.qdq import FP8_MIN_OPSET, MIN_OPSET, QDQ_MODES, insert_qdq, plan_qdq, target_format
 from calibration.stats import collect_ranges
 from calibration.subgraphs import inline_constant_ifs
-from optimizer.errors import CalibrationError, ConfigError, ValidationError
+from optimizer.conditions import parse_gate
+from optimizer.errors import CalibrationError, ConfigError
 from optimizer.model import input_specs, load_model
-from optimizer.runners import OrtRunner
+from optimizer.runners import OrtRunner, session_for
 
 OUTPUT_ERRORS = ("output_nrmse", "max_abs_diff")
 # Layers are ranked on this many validation samples: the ranking, not the final score, so a
@@ -59,8 +59,6 @@ class Budget:
 
 def parse_budget(text: str) -> Budget:
     """A budget is a gate that must be an upper bound: one grammar for both (``optimizer.gates``)."""
-    from optimizer.gates import parse_gate
-
     try:
         key, op, limit = parse_gate(text)
     except ConfigError as exc:
@@ -106,8 +104,9 @@ def quantize_with_budget(
     percentile: float = 99.99,
     exclude=(),
     progress: Callable[[str], None] | None = None,
+    mode: str = "int8",
 ) -> BudgetResult:
-    """INT8 with as many layers quantized as ``budget`` allows, measured on ``val`` (a list of feeds).
+    """INT8 (or FP8: ``mode``) with as many layers quantized as ``budget`` allows, measured on ``val`` (a list of feeds).
 
     ``metric(outputs per val sample) -> score`` is the task metric (labels are the caller's
     business: close over them); it is required for ``*_increase``/``*_drop`` budgets.
@@ -118,7 +117,9 @@ def quantize_with_budget(
     if budget.uses_metric and budget.key.endswith("_drop") != higher_is_better:
         want = "_drop" if higher_is_better else "_increase"
         raise ConfigError(f"budget '{budget}': the metric is {'higher' if higher_is_better else 'lower'}-is-better, use '{budget.key.rsplit('_', 1)[0]}{want}'")
-    target_format(target)
+    if mode not in QDQ_MODES:
+        raise ConfigError(f"an accuracy budget applies to Q/DQ modes {list(QDQ_MODES)}, not '{mode}'; drop the budget")
+    target_format(target, mode)
     say = progress or (lambda _msg: None)
     val = list(val)
     model = load_model(model_path)
@@ -126,22 +127,23 @@ def quantize_with_budget(
     validate_source(val, specs)
     calib_fp = validate_source(calib, specs)
     first = next(iter(calib))
-    model = upgrade_opset(model, MIN_OPSET, first)
+    model = upgrade_opset(model, FP8_MIN_OPSET if mode == "fp8" else MIN_OPSET, first)
     inline_constant_ifs(model)  # as quantize() does, so node names and the plan match
     plan = plan_qdq(model, target=target, exclude=exclude)
-    if not plan.nodes:
+    if not plan.quantized_nodes:
         raise CalibrationError(f"{model_path}: nothing to quantize")
     say(f"calibrating {len(plan.activations)} tensors on {calib_fp.count} samples")
     ranges = collect_ranges(
         model, plan.activations, calib, method=method, percentile=percentile,
-        symmetric=target_format(target).symmetric_activations,
+        symmetric=target_format(target, mode).symmetric_activations,
     )
     base = ir.serde.serialize_model(model).SerializeToString()
     reference_runner = OrtRunner(base)
     reference = [reference_runner.run(f) for f in val]
     fp32_score = metric(reference) if metric is not None else None
     evaluator = _Evaluator(
-        base, plan, list(exclude), ranges, target, per_channel, val, reference, budget, metric, fp32_score, higher_is_better
+        base, plan, list(exclude), ranges, target, per_channel, val, reference, budget, metric, fp32_score, higher_is_better,
+        mode,
     )
 
     full = evaluator.change(kept=[])
@@ -150,10 +152,10 @@ def quantize_with_budget(
         all_int8_change=full, final_change=full,
     )
     if full <= budget.limit:
-        say(f"all {len(plan.nodes)} layers in INT8 meet {budget} ({full:.4g})")
+        say(f"all {len(plan.quantized_nodes)} layers in INT8 meet {budget} ({full:.4g})")
         result.met = True
     else:
-        say(f"all-INT8 misses {budget} ({full:.4g}); measuring {len(plan.nodes)} layers one at a time")
+        say(f"all-INT8 misses {budget} ({full:.4g}); measuring {len(plan.quantized_nodes)} layers one at a time")
         result.sensitivity = evaluator.sensitivities(val[:SENSITIVITY_SAMPLES])
         order = sorted(result.sensitivity, key=result.sensitivity.get, reverse=True)
         lo, hi = 0, len(order)  # invariant: keeping `hi` meets the budget (checked below), `lo` does not
@@ -182,7 +184,7 @@ def quantize_with_budget(
     result.evaluations, result.history = evaluator.evaluations, evaluator.history
     result.quantize = quantize(
         model_path, output_path, calib, target=target, method=method, per_channel=per_channel,
-        percentile=percentile, exclude=list(exclude) + result.kept, ranges=ranges,
+        percentile=percentile, exclude=list(exclude) + result.kept, ranges=ranges, mode=mode,
     )
     return result
 
@@ -190,19 +192,20 @@ def quantize_with_budget(
 class _Evaluator:
     """Builds partially quantized models in memory and measures the budget quantity on them."""
 
-    def __init__(self, base, plan, exclude, ranges, target, per_channel, val, reference, budget, metric, fp32_score, higher_is_better):
+    def __init__(self, base, plan, exclude, ranges, target, per_channel, val, reference, budget, metric, fp32_score, higher_is_better, mode):
         self.base, self.plan, self.exclude, self.ranges = base, plan, exclude, ranges
         self.target, self.per_channel = target, per_channel
         self.val, self.reference, self.budget = val, reference, budget
         self.metric, self.fp32_score, self.higher_is_better = metric, fp32_score, higher_is_better
+        self.mode = mode
         self.evaluations, self.history = 0, []
 
     def _runner(self, kept: list[str]) -> OrtRunner:
         """The model as ``quantize(exclude=kept)`` would write it (same planner, so the same fusion Q/DQ)."""
         model = ir.serde.deserialize_model(_proto(self.base))  # a fresh copy: insert_qdq works in place
         sub = plan_qdq(model, target=self.target, exclude=self.exclude + list(kept))
-        insert_qdq(model, sub, self.ranges, target=self.target, per_channel=self.per_channel)
-        return OrtRunner(ir.serde.serialize_model(model).SerializeToString())
+        insert_qdq(model, sub, self.ranges, target=self.target, per_channel=self.per_channel, mode=self.mode)
+        return session_for(model)  # any size: through a file with external data above 2 GB
 
     def change(self, kept: list[str]) -> float:
         runner = self._runner(kept)
@@ -221,34 +224,11 @@ class _Evaluator:
     def sensitivities(self, samples: list) -> dict[str, float]:
         reference = self.reference[: len(samples)]
         result = {}
-        names = [p.node for p in self.plan.nodes]
-        for p in self.plan.nodes:
-            runner = self._runner([n for n in names if n != p.node])
-            result[p.node] = output_nrmse([runner.run(f) for f in samples], reference)
+        names = self.plan.quantized_nodes
+        for node in names:
+            runner = self._runner([n for n in names if n != node])
+            result[node] = output_nrmse([runner.run(f) for f in samples], reference)
         return result
-
-
-def budget_metric(spec: str | None, base_dir, labels, reference_model) -> tuple[Callable | None, bool]:
-    """A task metric file (``path.py:function``, as in ``validate.metric``) as ``score(outputs)``.
-
-    Returns (None, False) without a spec: the budget must then be an output error.
-    """
-    if not spec:
-        return None, False
-    from optimizer.model import metadata
-    from optimizer.validate import MetricContext, load_metric
-
-    task = load_metric(spec, Path(base_dir) if base_dir is not None else None)
-    if labels is None:
-        raise ConfigError(f"the task metric '{spec}' needs labels: the validation folder has no labels.json")
-    context = MetricContext(metadata=metadata(load_model(reference_model)))
-    def score(outputs) -> float:
-        try:
-            return float(task.fn(outputs, list(labels), context))
-        except Exception as exc:  # the user's code: one clear line, as validation reports it
-            raise ValidationError(f"task metric '{task.name}' raised {type(exc).__name__}: {exc}") from None
-
-    return score, task.higher_is_better
 
 
 def _proto(data: bytes):

@@ -10,9 +10,7 @@ need no special care: a running min/max for "max", a fixed-size streaming histog
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
 from typing import Protocol
 
@@ -20,8 +18,8 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.errors import CalibrationError, ConfigError
-from optimizer.model import input_specs, load_model, save_model, to_proto_bytes
-from optimizer.runners import OrtRunner
+from optimizer.model import input_specs, load_model
+from optimizer.runners import session_for
 
 from calibration.data import bind_source, sample_label
 from calibration.histogram import (
@@ -168,7 +166,7 @@ def collect_ranges(
     collectors = {n: COLLECTORS[method](percentile=percentile, symmetric=symmetric) for n in dict.fromkeys(tensor_names)}
 
     bind_source(source, input_specs(model))
-    with _session_with_outputs(model, fetched) as runner:
+    with session_for(model, outputs=fetched) as runner:
         samples = 0
         for index, feed in enumerate(source):
             outputs = runner.run(feed, fetched) if fetched else {}
@@ -196,35 +194,3 @@ def _main_graph_values(model: ir.Model) -> dict[str, ir.Value]:
                 values[out.name] = out
     return values
 
-
-class _session_with_outputs:
-    """An OrtRunner over ``model`` with ``names`` as extra outputs, built from a copy.
-
-    In memory when the model fits one protobuf; otherwise through a temporary file with
-    external data (deleted on exit).
-    """
-
-    def __init__(self, model: ir.Model, names: list[str]) -> None:
-        self.model, self.names, self.tmpdir = model, names, None
-
-    def __enter__(self) -> OrtRunner:
-        values = _main_graph_values(self.model)
-        existing = {v.name for v in self.model.graph.outputs}
-        added = [values[n] for n in self.names if n not in existing]
-        outputs = self.model.graph.outputs
-        # Appending then removing the outputs is cheaper than deep-copying a large graph;
-        # the serialized bytes (or the temp file) are the copy ORT sees.
-        outputs.extend(added)
-        try:
-            payload = to_proto_bytes(self.model)
-            if payload is None:
-                self.tmpdir = tempfile.TemporaryDirectory(prefix="trtforge-calib-")
-                payload = save_model(self.model, Path(self.tmpdir.name) / "calib.onnx", external_data=True)
-        finally:
-            for _ in added:
-                outputs.pop()
-        return OrtRunner(payload)
-
-    def __exit__(self, *exc) -> None:
-        if self.tmpdir is not None:
-            self.tmpdir.cleanup()

@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from graph_passes._base import GraphPass
 from optimizer.errors import ConfigError
+from optimizer.model import opset_of
 
 
 class ConvertOpset(GraphPass):
@@ -33,7 +34,7 @@ class ConvertOpset(GraphPass):
         import onnx
         from onnx import version_converter
 
-        current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+        current = opset_of(model) or None
         if current is None:
             raise ConfigError("the model imports no default-domain opset; nothing to convert")
         if self.target < current:

@@ -37,6 +37,7 @@ from graph_passes._base import (
     summarize_counts,
     untrusted_shapes,
 )
+from optimizer.model import opset_of
 
 DEFAULT_MAX_TENSOR_BYTES = 1 << 20  # 1 MiB
 
@@ -165,7 +166,7 @@ class FoldConstants(GraphPass):
             max_tensor_bytes=self.max_tensor_bytes,
             input_size_limit=self.input_size_limit,
             weight_cone=cone,
-            opset=model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)),
+            opset=opset_of(model),
         )
         with untrusted_shapes(model), quiet_logger("onnxscript.optimizer._constant_folding"):
             result = folder(model)

@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from graph_passes._base import GraphPass
 from graph_passes._rules import RulePass
+from optimizer.model import opset_of
 
 
 def _exactly(value: ir.Value | None, expected: float) -> bool:
@@ -90,4 +91,4 @@ class FuseHardActivations(RulePass, GraphPass):
     )
 
     def rules(self, model: ir.Model) -> list:
-        return _rules(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))
+        return _rules(opset_of(model))

@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from graph_passes._base import GraphPass
 from graph_passes._rules import RulePass
+from optimizer.model import opset_of
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -103,7 +104,7 @@ class FuseLayerNorm(RulePass, GraphPass):
     reads_shapes = True  # rank and scale-shape checks read shapes: trust inferred ones only
 
     def rules(self, model: ir.Model) -> list:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = opset_of(model)
         if opset < 17:
             self.note(f"skipped: opset {opset} < 17 has no LayerNormalization (run with --opset 17)")
             return []

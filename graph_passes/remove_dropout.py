@@ -6,6 +6,7 @@ import onnx_ir as ir
 
 from graph_passes._base import GraphPass
 from graph_passes.remove_identity import eliminate_identity_node
+from optimizer.model import opset_of
 
 
 def _const_scalar(value: ir.Value | None):
@@ -64,7 +65,7 @@ class RemoveDropout(GraphPass):
     )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = opset_of(model)
         removed = 0
         kept: list[str] = []
         for graph_like in (model.graph, *model.functions.values()):

@@ -30,10 +30,10 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.errors import ConfigError, ValidationError
-from optimizer.model import PROTOBUF_LIMIT, load_model, save_model
+from optimizer.model import PROTOBUF_LIMIT, load_model, opset_of, save_model
 from optimizer.runners import OrtRunner
 from optimizer.validate import OutputStats
-from calibration.opset import opset_of, upgrade_opset
+from calibration.opset import upgrade_opset
 
 # Ops a precision stage inserts that carry a tensor's value through unchanged in meaning.
 _CARRIERS = {"QuantizeLinear", "DequantizeLinear", "Cast"}

@@ -7,32 +7,12 @@ fail a broken candidate when it runs with no flags.
 from __future__ import annotations
 
 import math
-import operator
-import re
 from typing import Any
 
+from optimizer.conditions import OPERATORS, parse_gate
 from optimizer.errors import ConfigError
 from optimizer.report import GateResult
 
-_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
-_GATE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|<|>)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*(%?)\s*$")
-
-
-def parse_gate(expression: str) -> tuple[str, str, float]:
-    match = _GATE.match(expression)
-    if not match:
-        raise ConfigError(f"gate '{expression}': expected 'metric<=number' (operators <=, >=, <, >, ==), e.g. 'cer_increase<=0.5'")
-    name, op, number, percent = match.groups()
-    if percent:
-        raise ConfigError(
-            f"gate '{expression}': write the threshold in the metric's own unit, without '%' "
-            f"(task metrics in percent, like cer, are already in points: 'cer_increase<=0.5')"
-        )
-    try:
-        value = float(number)
-    except ValueError:
-        raise ConfigError(f"gate '{expression}': '{number}' is not a number") from None
-    return name, op, value
 
 
 def gate_metrics(validation: dict[str, Any] | None) -> dict[str, float]:
@@ -178,7 +158,7 @@ def evaluate_gates(
             available = ", ".join(sorted(metrics)) or "none (validation did not run)"
             raise ConfigError(f"gate '{expression}': no metric '{name}' in this run; available: {available}")
         value = metrics[name]
-        passed = bool(_OPS[op](value, threshold)) and not math.isnan(value)
+        passed = bool(OPERATORS[op](value, threshold)) and not math.isnan(value)
         message = f"{name} = {value:.4g}, required {op} {threshold:g}"
         if metrics.get("nonfinite_values"):
             # No gate passes a candidate that computes NaN/Inf, whatever the gate measures.

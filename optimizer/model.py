@@ -568,6 +568,11 @@ def _spec(value: ir.Value) -> TensorSpec:
     return TensorSpec(value.name or "", dtype, shape)
 
 
+def opset_of(model: ir.Model) -> int:
+    """The model's default-domain ("" or "ai.onnx") opset; 0 when it imports none."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
 def input_specs(model: ir.Model) -> list[TensorSpec]:
     """Graph inputs that are real inputs (not initializers exposed as inputs)."""
     return [_spec(v) for v in model.graph.inputs if v.name not in model.graph.initializers]

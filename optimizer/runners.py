@@ -50,6 +50,7 @@ class OrtRunner:
         threads: int | None = None,
         optimization: str = "basic",
         providers: list[str] | None = None,
+        prepack: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -64,6 +65,10 @@ class OrtRunner:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
+        if not prepack:
+            # Pre-packing copies every MatMul weight into anonymous memory at load (about 30 s and
+            # the weights' size on a 2.5 GB model): right for serving, wasted on a few check runs.
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -79,6 +84,21 @@ class OrtRunner:
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self.output_names = [o.name for o in self.outputs]
 
+    keepalive = None  # a temporary folder the session reads from (session_for); removed by close()
+
+    def __enter__(self) -> "OrtRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the session and any temporary files it was built from."""
+        self.session = None
+        if self.keepalive is not None:
+            self.keepalive.cleanup()
+            self.keepalive = None
+
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         names = output_names or self.output_names
         try:
@@ -89,22 +109,43 @@ class OrtRunner:
 
 
 
-def session_for(model, **options) -> OrtRunner:
+def session_for(model, outputs=(), **options) -> OrtRunner:
     """An ONNX Runtime CPU session over an in-memory ``onnx_ir.Model`` of any size.
 
-    Under protobuf's 2 GB limit the model is serialised to bytes; above it, it goes through a
-    temporary file with external data that lives as long as the returned runner. ``options``
-    are OrtRunner's (``threads``, ``optimization``, ``providers``).
+    ``outputs`` names main-graph tensors to fetch as extra outputs (statistics, divergence
+    search, probing); the model itself is left as it was. Under protobuf's 2 GB limit the model
+    is serialised to bytes; above it, it goes through a temporary file with external data that
+    lives as long as the runner (``with session_for(...) as runner`` removes it on exit).
+    ``options`` are OrtRunner's (``threads``, ``optimization``, ``providers``).
     """
     import tempfile
 
     from optimizer.model import save_model, to_proto_bytes
 
-    data = to_proto_bytes(model)
-    if data is not None:
-        return OrtRunner(data, **options)
-    tmp = tempfile.TemporaryDirectory(prefix="trtforge-session-")
-    path = save_model(model, Path(tmp.name) / "model.onnx", external_data=True)
-    runner = OrtRunner(path, **options)
+    graph_outputs = model.graph.outputs
+    known = {v.name for v in graph_outputs}
+    producers = {v.name: v for node in model.graph for v in node.outputs if v.name}
+    missing = [n for n in outputs if n not in producers and n not in known]
+    if missing:
+        raise ValidationError(f"no tensor named '{missing[0]}' in the model's main graph to fetch")
+    added = [producers[n] for n in dict.fromkeys(outputs) if n not in known]
+    # Appending, serialising and popping the outputs again is cheaper than copying a large graph:
+    # the bytes (or the temporary file) are the copy ONNX Runtime sees.
+    graph_outputs.extend(added)
+    tmp = None
+    try:
+        source = to_proto_bytes(model)
+        if source is None:
+            tmp = tempfile.TemporaryDirectory(prefix="trtforge-session-")
+            source = save_model(model, Path(tmp.name) / "model.onnx", external_data=True)
+    finally:
+        for _ in added:
+            graph_outputs.pop()
+    try:
+        runner = OrtRunner(source, **options)
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
     runner.keepalive = tmp  # the session reads external data lazily: keep the folder with it
     return runner

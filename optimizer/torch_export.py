@@ -22,11 +22,9 @@ torch is imported lazily: ``import optimizer`` and ``trtforge --help`` do not ne
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import inspect
 import io
 import logging
-import sys
 import tempfile
 import time
 import warnings
@@ -39,7 +37,7 @@ import numpy as np
 
 from optimizer.errors import ConfigError, InputError, TrtforgeError, VerificationError, first_line
 from optimizer.feeds import random_feeds
-from optimizer.model import TensorSpec, load_model, save_model
+from optimizer.model import TensorSpec, load_model, opset_of, save_model
 from optimizer.shapes import (
     SHAPES_METADATA_KEY,
     Range,
@@ -120,32 +118,13 @@ def load_factory(spec: str) -> tuple[Any, tuple | None]:
     ``(module, example_inputs)`` pair.
     """
     _torch()  # first: without torch the user's file fails on its own import with a less useful message
-    path_text, sep, name = str(spec).rpartition(":")
-    if not sep or not path_text or not name.isidentifier():
-        raise ConfigError(f"'{spec}': expected FILE.py:FACTORY, like net.py:build")
-    path = Path(path_text)
-    if not path.is_file():
-        raise InputError(f"'{spec}': file {path} not found")
-    module_spec = importlib.util.spec_from_file_location(f"trtforge_export_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise InputError(f"'{spec}': {path} is not a Python file")
-    user = importlib.util.module_from_spec(module_spec)
-    # The file may import its neighbours (``from model import Net``), as it would when run as a script.
-    sys.path.insert(0, str(path.resolve().parent))
+    from optimizer.user_code import load_callable
+
+    _, factory = load_callable(spec, what="factory", kind="FACTORY")
     try:
-        try:
-            module_spec.loader.exec_module(user)
-        except Exception as exc:
-            raise InputError(f"'{spec}': importing {path} failed: {_short(exc)}") from None
-        factory = getattr(user, name, None)
-        if not callable(factory):
-            raise InputError(f"'{spec}': {path} has no callable '{name}'")
-        try:
-            made = factory()
-        except Exception as exc:
-            raise InputError(f"'{spec}': the factory raised {_short(exc)}; fix it so it returns a torch.nn.Module") from None
-    finally:
-        sys.path.remove(str(path.resolve().parent))
+        made = factory()
+    except Exception as exc:
+        raise InputError(f"'{spec}': the factory raised {_short(exc)}; fix it so it returns a torch.nn.Module") from None
     if isinstance(made, (tuple, list)) and len(made) == 2 and _is_module(made[0]):
         return made[0], _as_tuple(made[1])
     return made, None
@@ -577,7 +556,7 @@ def export(
         tmp_path = Path(tmp) / out.name
         _export_and_verify(module, plan, references, names_out, opset, exporter, tmp_path, record, seed)
         model = load_model(tmp_path)
-        record.opset = model.opset_imports.get("", None)
+        record.opset = opset_of(model) or None
         record.external_data = tmp_path.with_name(out.name + ".data").exists()
         optimized = _run_default_passes(model, references, record) if passes else None
         save_model(model, out, external_data=record.external_data)

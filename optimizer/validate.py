@@ -8,12 +8,10 @@ same process, interleaved iteration by iteration, so machine drift hits both ali
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -41,25 +39,11 @@ class TaskMetric:
 
 def load_metric(spec: str, base_dir: Path | None = None) -> TaskMetric:
     """Load ``path/to/file.py:function``. Executes that file: the caller's explicit choice."""
-    path_text, sep, func = spec.rpartition(":")
-    if not sep or not path_text or not func:
-        raise ConfigError(f"metric '{spec}': expected 'path/to/file.py:function'")
-    path = Path(path_text)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if not path.is_file():
-        raise ConfigError(f"metric '{spec}': file {path} not found")
-    module_spec = importlib.util.spec_from_file_location(f"trtforge_metric_{path.stem}", path)
-    module: ModuleType = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ConfigError(f"metric '{spec}': importing {path} failed: {type(exc).__name__}: {exc}") from None
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        raise ConfigError(f"metric '{spec}': {path} has no function '{func}'")
+    from optimizer.user_code import load_callable
+
+    module, fn = load_callable(spec, what="metric", base_dir=base_dir)
     return TaskMetric(
-        name=getattr(module, "NAME", func),
+        name=getattr(module, "NAME", fn.__name__),
         fn=fn,
         higher_is_better=bool(getattr(module, "HIGHER_IS_BETTER", True)),
         unit=getattr(module, "UNIT", ""),
@@ -320,3 +304,23 @@ def paired_speedup(reference: dict[str, Any], candidate: dict[str, Any]) -> floa
     """Median over iterations of reference time / candidate time (``measure_latency`` interleaves them)."""
     ref, cand = np.asarray(reference["samples_ms"]), np.asarray(candidate["samples_ms"])
     return float(np.median(ref / cand))
+
+
+def metric_scorer(task: TaskMetric | None, labels, reference_model) -> tuple[Callable | None, bool]:
+    """A loaded task metric as ``score(outputs) -> float`` on the validation labels, for the
+    accuracy budget; (None, False) without one (the budget is then an output error)."""
+    if task is None:
+        return None, False
+    if labels is None:
+        raise ConfigError(f"the task metric '{task.name}' needs labels: the validation folder has no labels.json")
+    from optimizer.model import load_model, metadata
+
+    context = MetricContext(metadata=metadata(load_model(reference_model)))
+
+    def score(outputs) -> float:
+        try:
+            return float(task.fn(outputs, list(labels), context))
+        except Exception as exc:  # the user's code: one clear line, as validation reports it
+            raise ValidationError(f"task metric '{task.name}' raised {type(exc).__name__}: {exc}") from None
+
+    return score, task.higher_is_better

@@ -105,7 +105,7 @@ def collect_hessians(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, LayerStats]:
     """``LayerStats`` per layer name, from one ONNX Runtime pass of the FP32 model over ``source``."""
-    from calibration.stats import _session_with_outputs  # the one helper that exposes tensors as outputs
+    from optimizer.runners import session_for
 
     rng = np.random.default_rng(seed)
     graph_inputs = {v.name for v in model.graph.inputs}
@@ -114,7 +114,7 @@ def collect_hessians(
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     samples = 0
-    with _session_with_outputs(model, fetched) as runner:
+    with session_for(model, outputs=fetched) as runner:
         for feed in source:
             outputs = runner.run(feed, fetched) if fetched else {}
             for layer in layers:
@@ -155,7 +155,7 @@ def collect_cross(
     seed: int = 0,
 ) -> dict[str, CrossStats]:
     """``CrossStats`` per layer name for (reference layer, current layer) pairs, from one pass of each model."""
-    from calibration.stats import _session_with_outputs
+    from optimizer.runners import session_for
 
     rng = np.random.default_rng(seed)
     def fetch(model, layers):
@@ -165,7 +165,7 @@ def collect_cross(
     ref_names = fetch(reference, [p[0] for p in pairs])
     cur_names = fetch(current, [p[1] for p in pairs])
     sums: dict[str, list] = {}
-    with _session_with_outputs(reference, ref_names) as ref_run, _session_with_outputs(current, cur_names) as cur_run:
+    with session_for(reference, outputs=ref_names) as ref_run, session_for(current, outputs=cur_names) as cur_run:
         for feed in source:
             ref_out = ref_run.run(feed, ref_names) if ref_names else {}
             cur_out = cur_run.run(feed, cur_names) if cur_names else {}

@@ -15,11 +15,11 @@ COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 def observe_shapes(model: ir.Model, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """Shape of every input and output of the counted ops on ``feed``."""
-    from calibration.stats import _session_with_outputs
+    from optimizer.runners import session_for
 
     names = sorted({v.name for node in model.graph if node.op_type in COUNTED_OPS for v in (*node.inputs, *node.outputs)
                     if v is not None and v.name and v.const_value is None and not v.is_graph_input()})
-    with _session_with_outputs(model, names) as runner:
+    with session_for(model, outputs=names) as runner:
         outputs = runner.run(feed, names) if names else {}
     shapes = {k: tuple(v.shape) for k, v in outputs.items()}
     shapes.update({k: tuple(np.shape(v)) for k, v in feed.items()})
