@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import importlib.util
 import math
 import multiprocessing
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -179,13 +181,13 @@ def _peak_rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
-def _job_ours(src, dst, calib, target, method, budget=None, val=None, kind=None, data=None):
+def _job_ours(src, dst, calib, target, method, budget=None, val=None, kind=None, data=None, mode="int8"):
     t0 = time.perf_counter()
     if budget is None:
         from calibration import quantize
 
-        result = quantize(src, dst, calib, target=target, method=method)
-        info = {"quantized": len(result.quantized_nodes), "kept": []}
+        result = quantize(src, dst, calib, target=target, method=method, mode=mode)
+        info = {"quantized": len(result.quantized_nodes), "kept": [], "total": len(result.quantized_nodes) + len(result.skipped)}
     else:
         from calibration.sensitivity import quantize_with_budget
 
@@ -393,13 +395,269 @@ def write_results(lines: list[str], command: str) -> None:
     replace_section("precision", body)
 
 
+# --- the parity suite: ORT-CPU speed vs quantize_static, TensorRT-form coverage, FP8 and INT4 ----
+
+PARITY_MODELS = ("encoder", "dddd", "oww", "rec", "det")
+PARITY_NAMES = {
+    "encoder": "TransformerEncoder (trained, torch export)", "dddd": "ddddocr common (CRNN + LSTM)",
+    "oww": "openWakeWord embedding (CNN)", "rec": "PP-OCRv4 rec", "det": "PP-OCRv4 det",
+}
+# TensorRT-RTX optimization profiles for the builds of the tensorrt-form rows.
+PROFILES = {
+    "encoder": "x:1x8x32,1x48x32,8x128x32",
+    "dddd": "input1:1x1x64x32,1x1x64x256,1x1x64x1024",
+    "oww": "input_1:1x76x32x1,4x76x32x1,16x76x32x1",
+    "rec": "x:1x3x48x32,1x3x48x320,1x3x48x1600",
+    "det": "x:1x3x64x64,1x3x256x640,1x3x960x960",
+}
+OWW_SAMPLES, OWW_CALIB = 48, 16
+DDDD_HEIGHT = 64
+
+
+def _dddd_input(img) -> np.ndarray:
+    """ddddocr 1.6's classification input: grey, height 64 (aspect kept), (x/255 - 0.5) / 0.5."""
+    from PIL import Image
+
+    width = max(1, round(img.width * DDDD_HEIGHT / img.height))
+    grey = np.asarray(img.resize((width, DDDD_HEIGHT), Image.LANCZOS).convert("L"), dtype=np.float32) / 255.0
+    return ((grey - 0.5) / 0.5)[None, None].astype(np.float32)
+
+
+def _oww_features(melspec: Path, count: int, seed: int) -> list[dict]:
+    """Embedding-model inputs (76 mel frames x 32 bins) from openWakeWord's own melspectrogram model.
+
+    The audio is synthetic (no speech corpus ships in a package): 1.3 s at 16 kHz of voiced-like
+    harmonic tones with a moving pitch plus noise, at the int16 scale openWakeWord feeds.
+    """
+    from optimizer.runners import OrtRunner
+
+    rng = np.random.default_rng(seed)
+    runner = OrtRunner(str(melspec))
+    t = np.arange(int(16000 * 1.3)) / 16000
+    feeds = []
+    for _ in range(count):
+        f0 = rng.uniform(90, 260) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
+        phase = 2 * np.pi * np.cumsum(f0) / 16000
+        audio = sum(rng.uniform(0.2, 1) / h * np.sin(h * phase) for h in range(1, 12))
+        audio = audio * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(1, 4) * t) ** 2) + rng.normal(0, 0.05, t.size)
+        pcm = (audio / np.abs(audio).max() * rng.uniform(3000, 20000)).astype(np.float32)[None]
+        spec = next(iter(runner.run({"input": pcm}).values()))
+        frames = (spec.reshape(-1, 32) / 10.0 + 2.0)[:76]  # openWakeWord's scaling of the mel output
+        feeds.append({"input_1": frames[None, :, :, None].astype(np.float32)})
+    return feeds
+
+
+def prepare_parity_data(work: Path, models: list[str]) -> dict:
+    data = {}
+    if "rec" in models or "det" in models:
+        methods_data = prepare_data(work)
+        data.update({k: methods_data[k] for k in ("rec", "det") if k in models})
+    if "encoder" in models:
+        sys.path.append(str(ROOT / "tests" / "calibration"))  # the encoder fixture the tests use
+        from cal_transformer import encoder_task
+
+        task = encoder_task(work / "encoder", calib=32, val=256)
+        data["encoder"] = {**task, "labels": task["labels"]}
+    if "dddd" in models or "oww" in models:
+        import corpus_models  # this folder, on the path as the script's own
+
+    if "dddd" in models:
+        from samples.ppocr_rec import render
+        from samples.ppocr_rec.prepare import split_texts
+
+        model = next(m for m in corpus_models.materialise_ddddocr() if m.name == "common")
+        calib_texts, val_texts = split_texts(CALIB, 96, SEED, None)
+        data["dddd"] = {
+            "model": model.path,
+            "calib": [{"input1": _dddd_input(im)} for im in render.render_lines(calib_texts, SEED, "calib")],
+            "val": [{"input1": _dddd_input(im)} for im in render.render_lines(val_texts, SEED, "val")],
+            "labels": None,  # compared with FP32's own decoded token sequence
+        }
+    if "oww" in models:
+        found = {m.name: m.path for m in corpus_models.materialise_openwakeword()}
+        feeds = _oww_features(found["melspectrogram"], OWW_SAMPLES, SEED)
+        data["oww"] = {"model": found["embedding_model"], "calib": feeds[:OWW_CALIB], "val": feeds[OWW_CALIB:], "labels": None}
+    return data
+
+
+class ParityMetric(Metric):
+    """The task metric of each parity model (rec and det as in the methods suite)."""
+
+    def __init__(self, kind: str, data: dict, reference_outputs: list) -> None:
+        if kind in ("rec", "det"):
+            super().__init__(kind, data, reference_outputs)
+            return
+        self.kind, self.data, self.reference = kind, data, reference_outputs
+        self.name, self.higher_is_better = {
+            "encoder": ("accuracy %", True), "dddd": ("token error vs FP32 %", False), "oww": ("cosine vs FP32 %", True),
+        }[kind]
+
+    def score(self, outputs: list[dict]) -> float:
+        if self.kind == "encoder":
+            return 100.0 * float(np.mean([int(o["logits"].argmax()) == y for o, y in zip(outputs, self.data["labels"])]))
+        if self.kind == "dddd":
+            from samples.ppocr_rec.metric import character_error_rate
+
+            def text(o):  # CTC greedy over [T, 1, classes]: collapse repeats, drop the blank (0); tokens as characters
+                tokens = next(iter(o.values())).argmax(-1).reshape(-1)
+                kept = [int(t) for i, t in enumerate(tokens) if t != 0 and (i == 0 or t != tokens[i - 1])]
+                return "".join(chr(0x100 + t) for t in kept)
+
+            return 100.0 * character_error_rate([text(o) for o in outputs], [text(r) for r in self.reference])
+        if self.kind == "oww":
+            cos = []
+            for o, r in zip(outputs, self.reference):
+                a, b = next(iter(o.values())).ravel(), next(iter(r.values())).ravel()
+                cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
+            return 100.0 * float(np.mean(cos))
+        return super().score(outputs)
+
+
+def _job_rtx(path: str, profile: str) -> dict:
+    """Build with TensorRT-RTX (in a child process, as the quantizations) and read the network's precisions."""
+    from optimizer import engine
+    from optimizer.shapes import parse_shapes
+
+    t0 = time.perf_counter()
+    built = engine.build_engine(path, path.replace(".onnx", ".engine"), engine.BuildConfig(profiles=[parse_shapes(profile)]), builder="tensorrt-rtx")
+    return {"compute": built.precision.compute_by_precision, "build_s": time.perf_counter() - t0}
+
+
+def _parity_jobs(kind: str, src: str, calib: list, out: Path) -> list[tuple]:
+    """(label, function, args, kwargs, form) for one model: CPU-form rows are timed, tensorrt-form rows built."""
+    jobs = [
+        ("ORT quantize_static MinMax (U8S8 per-channel)", _job_ort, (src, str(out / "ort.onnx"), calib, "MinMax"), {}, "cpu"),
+        ("ours max (onnxruntime-cpu)", _job_ours, (src, str(out / "cpu_max.onnx"), calib, "onnxruntime-cpu", "max"), {}, "cpu"),
+        ("ours mse (onnxruntime-cpu)", _job_ours, (src, str(out / "cpu_mse.onnx"), calib, "onnxruntime-cpu", "mse"), {}, "cpu"),
+        ("ours INT8 mse (tensorrt)", _job_ours, (src, str(out / "trt_int8.onnx"), calib, "tensorrt", "mse"), {}, "trt"),
+        ("ours FP8 E4M3 max (tensorrt)", _job_ours, (src, str(out / "trt_fp8.onnx"), calib, "tensorrt", "max"), {"mode": "fp8"}, "trt"),
+    ]
+    if kind in ("encoder", "rec"):  # the models with MatMul/Gemm weights (INT4 weight-only covers only those)
+        jobs.append(("ours INT4 weight-only awq (tensorrt)", _job_ours, (src, str(out / "trt_int4.onnx"), calib, "tensorrt", "max"),
+                     {"mode": "int4-weight"}, "trt"))
+    return jobs
+
+
+def parity_model(kind: str, data: dict, work: Path, log, build: bool = True) -> list[dict]:
+    from optimizer.runners import OrtRunner
+    from optimizer.validate import measure_latency
+
+    out = work / "parity" / kind
+    out.mkdir(parents=True, exist_ok=True)
+    src = str(data["model"])
+    log(f"  {kind}: FP32 reference ...")
+    reference = run_outputs(src, data["val"])
+    metric = ParityMetric(kind, data, reference)
+    fp32_score = metric.score(reference)
+    rows = [{"variant": "FP32", "path": src, "score": fp32_score, "form": "cpu"}]
+    for label, fn, args, kwargs, form in _parity_jobs(kind, src, data["calib"], out):
+        log(f"  {kind}: {label} ...")
+        row = {"variant": label, "path": args[1], "form": form, **run_isolated(fn, *args, **kwargs)}
+        if "error" not in row:
+            row["score"] = metric.score(run_outputs(args[1], data["val"], "tensorrt" if form == "trt" else "onnxruntime-cpu"))
+            if form == "trt" and build:
+                log(f"  {kind}: TensorRT-RTX build of {label} ...")
+                rtx = run_isolated(_job_rtx, args[1], PROFILES[kind])
+                row["rtx"] = rtx.get("compute") or f"refused: {rtx.get('error')}"
+        rows.append(row)
+    timed = [r for r in rows if "error" not in r and r["form"] == "cpu"]
+    runners = {r["variant"]: OrtRunner(r["path"], threads=1, optimization="all") for r in timed}
+    feeds = data["val"][:4]
+    t0 = time.perf_counter()
+    for f in feeds:
+        runners["FP32"].run(f)
+    iterations = int(min(200, max(LATENCY_ITERATIONS, 2.0 / ((time.perf_counter() - t0) / len(feeds)))))
+    log(f"  {kind}: timing {len(runners)} variants x {iterations} iterations ...")
+    lat = measure_latency(runners, feeds, warmup=3, iterations=iterations)
+    for r in rows:
+        if r["variant"] in lat:
+            r["speedup"] = lat["FP32"]["p50_ms"] / lat[r["variant"]]["p50_ms"]
+        if "score" in r:
+            r["change"] = metric.change(r["score"], fp32_score)
+        r["model"], r["metric"] = kind, metric.name
+    return rows
+
+
+PARITY_HEADER = (
+    "| model | variant | task metric | vs FP32 | speed vs FP32 (1 thread) | Conv/Gemm/MatMul quantized "
+    "| TensorRT-RTX 1.7 build: compute layers by precision |"
+)
+
+
+def format_parity(rows: list[dict]) -> list[str]:
+    lines = [PARITY_HEADER, "|" + "---|" * 7]
+    for r in rows:
+        name = PARITY_NAMES[r["model"]]
+        if "error" in r:
+            lines.append(f"| {name} | {r['variant']} | failed: {r['error']} | | | | |")
+            continue
+        change = "" if r["variant"] == "FP32" else ("same" if r["change"] == 0 else
+                                                   f"{r['change']:+.2f} worse" if r["change"] > 0 else f"{-r['change']:.2f} better")
+        speed = f"{r['speedup']:.2f}x" if "speedup" in r else "n/a (TensorRT form)"
+        cover = f"{r['quantized']}/{r['total']}" if r.get("total") else ""
+        rtx = r.get("rtx", "")
+        if isinstance(rtx, dict):
+            rtx = ", ".join(f"{n} {p}" for p, n in rtx.items())
+        lines.append(f"| {name} | {r['variant']} | {r['metric']} {r['score']:.2f} | {change} | {speed} | {cover} | {rtx} |")
+    return lines
+
+
+def write_parity(lines: list[str], command: str) -> None:
+    from _results import replace_section
+
+    body = "\n".join([
+        f"{datetime.date.today().isoformat()} · {versions()}, torch {_version('torch')}, tensorrt-rtx {_version('tensorrt-rtx')} · `{command}`",
+        "",
+        "Speed: ORT CPU, 1 thread, level 'all', p50 ratio vs FP32; every CPU-form variant of a model timed interleaved "
+        "in one loop. TensorRT-form rows (INT8/FP8/INT4) are scored at ORT level 'basic' (Q/DQ simulated in float) and "
+        "built for real with TensorRT-RTX (no GPU here: the build targets RTX's default GPUs); the last column is the "
+        "parsed network's compute layers by the precision they run in. Data: encoder: 256 held-out sequences of its "
+        "training task (accuracy); ddddocr common: 96 rendered text lines, token error rate of the CTC decode against "
+        "FP32's; openWakeWord embedding: 32 windows of melspectrogram features from synthetic voiced audio, mean cosine "
+        "with FP32's embedding; PP-OCRv4 rec/det as in the section above.",
+        "",
+        *lines,
+        "",
+    ])
+    replace_section("precision-parity", body)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-precision")
-    parser.add_argument("--models", default="rec,cls,det")
+    parser.add_argument(
+        "--suite", choices=["methods", "parity"], default="methods",
+        help="methods: calibration methods on rec/cls/det (section 'precision'); parity: speed vs quantize_static, "
+        "TensorRT-form coverage, FP8/INT4 on encoder/dddd/oww/rec/det (section 'precision-parity').",
+    )
+    parser.add_argument("--models", default=None, help="Comma-separated subset of the suite's models.")
+    parser.add_argument("--no-build", action="store_true", help="parity: skip the TensorRT-RTX builds.")
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md alone.")
     args = parser.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a long run is
+    if args.suite == "parity":
+        models = (args.models or ",".join(PARITY_MODELS)).split(",")
+        log("preparing data ...")
+        data = prepare_parity_data(args.work, models)
+        command = "python benchmarks/precision.py --suite parity" + (f" --models {args.models}" if args.models else "")
+        rows = []
+        for done, kind in enumerate(models, 1):
+            rows += parity_model(kind, data[kind], args.work, log, build=not args.no_build)
+            if not args.no_write:  # after each model, so a long run that is stopped still leaves its rows
+                write_parity(format_parity(rows), command + ("" if done == len(models) else f" (partial: {done}/{len(models)} models)"))
+        print("\n".join(format_parity(rows)))
+        return 0
+    args.models = args.models or "rec,cls,det"
     log("preparing data ...")
     data = prepare_data(args.work)
     rows = []

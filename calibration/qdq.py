@@ -9,6 +9,10 @@ inputs of the compute-heavy ops (Conv, Gemm, MatMul with a constant weight):
   scale, shared by every quantized node that reads the tensor;
 - biases and everything else stay float.
 
+MatMuls of two activations (attention's Q·Kᵀ and P·V) get a per-tensor Q/DQ on both inputs
+where the target runs them in INT8 (TensorRT's fused attention kernels); a softmax output
+gets the fixed range [0, 1] instead of a calibrated one.
+
 For TensorRT, ``_plan_fusions`` adds its placement rules beyond the compute ops: the residual
 input of an Add fed by a quantized conv, the input of a pooling that feeds quantized nodes, and
 one shared scale for a Concat whose inputs and output are all quantized.
@@ -22,6 +26,7 @@ bodies) are never quantized silently: the plan lists them as skipped with the re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ from onnx_ir.passes.common import NameFixPass
 
 from calibration.stats import TensorRange
 from optimizer.errors import CalibrationError, ConfigError
+from optimizer.model import opset_of
 
 SUPPORTED_OP_TYPES = ("Conv", "Gemm", "MatMul")
 # Per-channel DequantizeLinear (the ``axis`` attribute) exists from opset 13 on.
@@ -52,29 +58,54 @@ class TargetFormat:
     quantize_outputs: bool
     # Q/DQ on residual Adds and pooling inputs, shared Concat scales: TensorRT's fusion rules.
     fusion_rules: bool = False
+    # Quantize MatMuls of two activations (attention's Q·Kᵀ and P·V).
+    activation_matmuls: bool = False
+    # The largest representable magnitude of the quantized type on the symmetric side (int8: 127, E4M3: 448).
+    qmax: float = 127.0
+    # Extend the uint8 region past the compute ops the way ORT's x86 kernels run it (calibration.cpu_form).
+    cpu_form: bool = False
 
 
 TARGETS = {
     # TensorRT runs INT8 only in the symmetric form: zero point 0 everywhere. Inputs only:
     # TensorRT fuses the following Q into the producing kernel by itself.
     "tensorrt": TargetFormat(
-        "tensorrt", ir.DataType.INT8, symmetric_activations=True, quantize_outputs=False, fusion_rules=True
+        "tensorrt", ir.DataType.INT8, symmetric_activations=True, quantize_outputs=False, fusion_rules=True,
+        activation_matmuls=True,
     ),
     # ORT's x86 kernels are fast for uint8 activations x int8 weights (U8S8); the asymmetric
     # range spends all 256 levels on one-sided tensors such as post-activation outputs. ORT
     # only turns DQ -> Conv into an integer QLinearConv when a Q follows the Conv, so the
     # outputs get Q/DQ too (measured on PP-OCRv4 rec: without them INT8 runs slower than FP32).
     "onnxruntime-cpu": TargetFormat(
-        "onnxruntime-cpu", ir.DataType.UINT8, symmetric_activations=False, quantize_outputs=True
+        "onnxruntime-cpu", ir.DataType.UINT8, symmetric_activations=False, quantize_outputs=True, cpu_form=True
     ),
 }
 
 
-def target_format(target: str) -> TargetFormat:
+# Q/DQ number formats. FP8 (E4M3, TensorRT 11 on Hopper/Ada/Blackwell): the same placement as
+# INT8 for TensorRT, activations per tensor and weights per output channel, scale = amax / 448.
+QDQ_MODES = ("int8", "fp8")
+FP8_MAX = 448.0
+# QuantizeLinear/DequantizeLinear take float8 from opset 19 on.
+FP8_MIN_OPSET = 19
+
+
+def target_format(target: str, mode: str = "int8") -> TargetFormat:
     try:
-        return TARGETS[target]
+        fmt = TARGETS[target]
     except KeyError:
         raise ConfigError(f"unknown quantization target '{target}'; choose one of {sorted(TARGETS)}") from None
+    if mode == "int8":
+        return fmt
+    if mode != "fp8":
+        raise ConfigError(f"unknown Q/DQ mode '{mode}'; choose one of {list(QDQ_MODES)}")
+    if not fmt.symmetric_activations:
+        raise ConfigError(
+            f"FP8 Q/DQ is a TensorRT form (Hopper/Ada/Blackwell); target '{target}' has no FP8 kernels: "
+            "use --target tensorrt, or --mode int8 for this target"
+        )
+    return dataclasses.replace(fmt, activation_dtype=ir.DataType.FLOAT8E4M3FN, qmax=FP8_MAX)
 
 
 @dataclass
@@ -88,6 +119,24 @@ class PlannedNode:
     axis: int
     weight_params: int
     output: str | None = None  # set when the target quantizes outputs too
+
+
+@dataclass
+class ActivationMatMul:
+    """A MatMul of two activations (attention's BMM1 Q·Kᵀ and BMM2 P·V): both inputs get per-tensor Q/DQ.
+
+    TensorRT runs its INT8 multi-head-attention kernels only when both BMMs read Q/DQ'd
+    inputs; the softmax output P has the fixed range [0, 1] (``SOFTMAX_RANGE``).
+    """
+
+    node: str
+    inputs: tuple[str, str]
+    output: str | None = None  # set when the target quantizes outputs too
+
+
+# Softmax outputs lie in [0, 1] whatever the data: a fixed scale, not a calibrated one, so a
+# sharper attention map than calibration saw (a probability of 1.0) never saturates.
+SOFTMAX_RANGE = (0.0, 1.0)
 
 
 @dataclass
@@ -110,13 +159,32 @@ class QdqPlan:
     # Tensors that must share one scale (a Concat's inputs and output), so TensorRT can
     # concatenate INT8 data without requantizing each input.
     shared_scales: list[list[str]] = field(default_factory=list)
+    matmuls: list[ActivationMatMul] = field(default_factory=list)
+    # Tensors whose range is known without calibration (softmax outputs): tensor -> (min, max).
+    fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # ORT's CPU form (calibration.cpu_form): outputs of non-compute ops quantized for all readers,
+    # Relu outputs whose Relu folds into the Q (tensor -> Relu node), uint8 constants (node, input index).
+    cpu_outputs: list[str] = field(default_factory=list)
+    folded: dict[str, str] = field(default_factory=dict)
+    const_inputs: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def activations(self) -> list[str]:
         """The activation tensors to calibrate, each once: inputs of quantized nodes, then outputs, then fusion inputs."""
-        outputs = [p.output for p in self.nodes if p.output]
+        inputs = [p.activation for p in self.nodes] + [t for m in self.matmuls for t in m.inputs]
+        outputs = [p.output for p in self.nodes if p.output] + [m.output for m in self.matmuls if m.output]
         fusion = [f.tensor for f in self.fusion_inputs]
-        return list(dict.fromkeys([p.activation for p in self.nodes] + outputs + fusion))
+        return list(dict.fromkeys(inputs + outputs + self.cpu_outputs + fusion))
+
+    @property
+    def all_reader_tensors(self) -> set[str]:
+        """Tensors whose Q/DQ every reader sees (outputs); the others are dequantized only for the quantized nodes."""
+        return {p.output for p in self.nodes if p.output} | {m.output for m in self.matmuls if m.output} | set(self.cpu_outputs)
+
+    @property
+    def quantized_nodes(self) -> list[str]:
+        """Every Conv/Gemm/MatMul the plan quantizes: weight-carrying ones, then activation x activation MatMuls."""
+        return [p.node for p in self.nodes] + [m.node for m in self.matmuls]
 
 
 @dataclass
@@ -167,6 +235,11 @@ def plan_qdq(
             plan.skipped[node.name] = "excluded by name"
         elif node.op_type not in op_types:
             plan.skipped[node.name] = f"op type {node.op_type} not selected for quantization"
+        elif fmt.activation_matmuls and weight is None and _is_activation_matmul(node):
+            if reason := _small_matmul_reason(node):
+                plan.skipped[node.name] = reason
+            else:
+                _plan_activation_matmul(node, fmt, plan)
         elif reason := _skip_reason(node, weight):
             plan.skipped[node.name] = reason
         else:
@@ -182,6 +255,10 @@ def plan_qdq(
             )
     if fmt.fusion_rules and fusion:
         _plan_fusions(model.graph, plan)
+    if fmt.cpu_form and fusion:
+        from calibration.cpu_form import plan_cpu_form  # it builds on this module's helpers
+
+        plan_cpu_form(model.graph, plan)
     return plan
 
 
@@ -190,6 +267,20 @@ POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 
 def _is_float_activation(value: ir.Value | None) -> bool:
     return value is not None and _const(value) is None and value.dtype in (None, ir.DataType.FLOAT)
+
+
+def _plan_activation_matmul(node: ir.Node, fmt: TargetFormat, plan: QdqPlan) -> None:
+    out = node.outputs[0]
+    quantize_out = fmt.quantize_outputs and not out.is_graph_output() and out.dtype in (None, ir.DataType.FLOAT)
+    plan.matmuls.append(ActivationMatMul(node.name, (node.inputs[0].name, node.inputs[1].name), out.name if quantize_out else None))
+    for value in node.inputs:
+        if (producer := value.producer()) is not None and producer.op_type == "Softmax":
+            plan.fixed_ranges[value.name] = SOFTMAX_RANGE
+
+
+def _is_activation_matmul(node: ir.Node) -> bool:
+    """A MatMul whose two inputs are float tensors computed at run time (no constant weight)."""
+    return node.op_type == "MatMul" and len(node.inputs) == 2 and all(_is_float_activation(v) for v in node.inputs)
 
 
 def _plan_fusions(graph: ir.Graph, plan: QdqPlan) -> None:
@@ -207,6 +298,9 @@ def _plan_fusions(graph: ir.Graph, plan: QdqPlan) -> None:
     activation_readers: dict[str, set[str]] = {}
     for p in plan.nodes:
         activation_readers.setdefault(p.activation, set()).add(p.node)
+    for m in plan.matmuls:
+        for tensor in m.inputs:
+            activation_readers.setdefault(tensor, set()).add(m.node)
     for node in graph:
         if node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
             a, b = node.inputs
@@ -289,6 +383,15 @@ def _skip_reason(node: ir.Node, weight: ir.TensorProtocol | None) -> str | None:
     return None
 
 
+def _small_matmul_reason(node: ir.Node) -> str | None:
+    """An activation x activation MatMul whose static K or N is below the INT8 kernel minimum."""
+    a, b = node.inputs[0].shape, node.inputs[1].shape
+    k = a[-1] if a is not None and len(a) >= 1 else None
+    n = b[-1] if b is not None and len(b) >= 2 else None
+    small = [f"{name}={d}" for name, d in (("K", k), ("N", n)) if isinstance(d, int) and d < MIN_GEMM_DIM]
+    return f"too small for INT8 kernels: {', '.join(small)} (both need >= {MIN_GEMM_DIM})" if small else None
+
+
 def _small_conv_reason(node: ir.Node, shape: tuple[int, ...]) -> str | None:
     out_ch, in_ch, kernel = shape[0], shape[1], shape[2:]  # in_ch is per group
     if out_ch >= MIN_CONV_CHANNELS and in_ch >= MIN_CONV_CHANNELS:
@@ -329,7 +432,7 @@ def activation_qparams(r: TensorRange, fmt: TargetFormat) -> tuple[np.float32, i
     """
     lo, hi = min(r.min, 0.0), max(r.max, 0.0)
     if fmt.symmetric_activations:
-        scale, zero_point = max(-lo, hi) / 127.0, 0
+        scale, zero_point = max(-lo, hi) / fmt.qmax, 0
     else:
         scale = (hi - lo) / 255.0
         zero_point = int(np.clip(round(-lo / scale), 0, 255)) if scale > 0 else 0
@@ -363,32 +466,61 @@ def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, n
     return q, scale
 
 
+def quantize_weight_fp8(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """FP8 E4M3 weights: (float8_e4m3fn weight, float32 scales), one scale per channel along ``axis``.
+
+    The scale maps each channel's largest magnitude to 448 (E4M3's largest finite value), so
+    nothing saturates; rounding is to the nearest E4M3 value (ml_dtypes' cast). An all-zero
+    channel gets scale 1.
+    """
+    import ml_dtypes
+
+    weight = np.asarray(weight, dtype=np.float32)
+    if axis is None:
+        scale = np.asarray(np.max(np.abs(weight)) / FP8_MAX if weight.size else 0.0, dtype=np.float32)
+        if not scale >= np.finfo(np.float32).tiny:
+            scale = np.asarray(1.0, dtype=np.float32)
+        bscale = scale
+    else:
+        other = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = (np.max(np.abs(weight), axis=other) / FP8_MAX).astype(np.float32)
+        scale[~(scale >= np.finfo(np.float32).tiny)] = 1.0
+        bshape = [1] * weight.ndim
+        bshape[axis] = -1
+        bscale = scale.reshape(bshape)
+    q = np.clip(weight / bscale, -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
+    return q, scale
+
+
 # -- insertion ------------------------------------------------------------------------------
 
 
 def insert_qdq(
-    model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *, target: str, per_channel: bool = True
+    model: ir.Model, plan: QdqPlan, ranges: dict[str, TensorRange], *, target: str, per_channel: bool = True,
+    mode: str = "int8",
 ) -> QdqRecord:
     """Write ``plan`` into ``model`` in place with the scales from ``ranges``; return what was done.
 
     ``per_channel=False`` gives each weight one scale (per-tensor) instead of one per output channel.
+    ``mode="fp8"`` writes E4M3 Q/DQ (opset >= 19) instead of INT8.
     """
-    fmt = target_format(target)
-    opset = model.opset_imports.get("", 0)
-    if opset < MIN_OPSET:
-        raise CalibrationError(f"per-channel DequantizeLinear needs opset >= {MIN_OPSET}, the model has {opset}; upgrade it first")
+    fmt = target_format(target, mode)
+    opset = opset_of(model)
+    need = FP8_MIN_OPSET if mode == "fp8" else MIN_OPSET
+    if opset < need:
+        raise CalibrationError(f"{mode} DequantizeLinear needs opset >= {need}, the model has {opset}; upgrade it first")
     graph = model.graph
     order = {node: i for i, node in enumerate(graph)}
     nodes = {node.name: node for node in graph}
-    missing = [p.node for p in plan.nodes if p.node not in nodes]
+    missing = [n for n in plan.quantized_nodes if n not in nodes]
     if missing:
         raise CalibrationError(f"the plan names nodes that are not in the main graph: {missing}")
     names = _NameSource(model)
-    record = QdqRecord(target, [p.node for p in plan.nodes], 0, 0, 0)
+    record = QdqRecord(target, plan.quantized_nodes, 0, 0, 0)
 
     values = {v.name: v for v in graph.inputs} | {v.name: v for n in graph for v in n.outputs}
-    quantized_outputs = {p.output for p in plan.nodes if p.output}
-    ranges = _share_ranges(ranges, plan.shared_scales)
+    quantized_outputs = plan.all_reader_tensors
+    ranges = _share_ranges(_with_fixed_ranges(ranges, plan.fixed_ranges), plan.shared_scales)
     for tensor in plan.activations:
         if tensor not in ranges:
             raise CalibrationError(f"no calibrated range for activation '{tensor}'")
@@ -397,8 +529,12 @@ def insert_qdq(
         # Outputs: every reader does, so the producer's only consumer is the Q.
         if tensor in quantized_outputs:
             uses = [(u.node, u.idx) for u in x.uses()]
+            if tensor in plan.folded:  # the Q reads the Relu's input; its zero-point-0 clamp is the Relu
+                relu = nodes[plan.folded[tensor]]
+                x = relu.inputs[0]
         else:
             uses = [(nodes[p.node], 0) for p in plan.nodes if p.activation == tensor]
+            uses += [(nodes[m.node], i) for m in plan.matmuls for i, t in enumerate(m.inputs) if t == tensor]
             uses += [(nodes[f.node], f.index) for f in plan.fusion_inputs if f.tensor == tensor]
         scale, zero_point = activation_qparams(ranges[tensor], fmt)
         zp_array = np.array(zero_point, dtype=fmt.activation_dtype.numpy())
@@ -410,6 +546,9 @@ def insert_qdq(
         dq = ir.Node("", "DequantizeLinear", [q_out, s, zp], outputs=[dq_out], name=names.new(f"{tensor}_DequantizeLinear"))
         for user, index in uses:
             user.replace_input_with(index, dq_out)
+        if tensor in plan.folded:
+            graph.remove(nodes[plan.folded[tensor]], safe=True)
+            dq_out.name = tensor  # the Relu's output name, now free: it still names the value Relu(x)
         # Right after the producer (or first, for a graph input): before every reader.
         if (producer := x.producer()) is not None:
             graph.insert_after(producer, [q, dq])
@@ -427,10 +566,11 @@ def insert_qdq(
     for (weight_name, axis), users in by_weight.items():
         w = users[0].inputs[1]
         array = _const(w).numpy()
-        q_array, scales = quantize_weight(array, axis if per_channel else None)
-        w_q = _initializer(graph, names.new(f"{weight_name}_int8"), q_array)
+        quantizer = quantize_weight_fp8 if mode == "fp8" else quantize_weight
+        q_array, scales = quantizer(array, axis if per_channel else None)
+        w_q = _initializer(graph, names.new(f"{weight_name}_{mode}"), q_array)
         s = _initializer(graph, names.new(f"{weight_name}_scale"), scales)
-        zp = _initializer(graph, names.new(f"{weight_name}_zero_point"), np.zeros(scales.shape, dtype=np.int8))
+        zp = _initializer(graph, names.new(f"{weight_name}_zero_point"), np.zeros(scales.shape, dtype=q_array.dtype))
         dq_out = ir.Value(name=names.new(f"{weight_name}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(array.shape))
         dq = ir.Node(
             "", "DequantizeLinear", [w_q, s, zp], attributes=[ir.AttrInt64("axis", axis)] if per_channel else [],
@@ -442,7 +582,39 @@ def insert_qdq(
         _drop_if_unused(graph, w)
         record.num_dq += 1
         record.quantized_weight_params += int(array.size)
+    record.num_dq += _insert_constant_dqs(graph, nodes, plan.const_inputs, names)
     return record
+
+
+def _insert_constant_dqs(graph: ir.Graph, nodes: dict[str, ir.Node], const_inputs, names: "_NameSource") -> int:
+    """uint8 constants behind a DequantizeLinear (ORT's CPU form: the bias of a QLinearAdd); returns the DQ count."""
+    from calibration.cpu_form import quantize_constant_u8
+
+    for node_name, index in const_inputs:
+        node = nodes[node_name]
+        value = node.inputs[index]
+        q, scale, zero_point = quantize_constant_u8(_const(value).numpy())
+        base = value.name or f"{node_name}_input{index}"
+        inputs = [
+            _initializer(graph, names.new(f"{base}_uint8"), q),
+            _initializer(graph, names.new(f"{base}_scale"), np.array(scale, np.float32)),
+            _initializer(graph, names.new(f"{base}_zero_point"), np.array(zero_point, np.uint8)),
+        ]
+        out = ir.Value(name=names.new(f"{base}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(q.shape))
+        dq = ir.Node("", "DequantizeLinear", inputs, outputs=[out], name=names.new(f"{base}_DequantizeLinear"))
+        graph.insert_before(node, dq)
+        node.replace_input_with(index, out)
+        _drop_if_unused(graph, value)
+    return len(const_inputs)
+
+
+def _with_fixed_ranges(ranges: dict[str, TensorRange], fixed: dict[str, tuple[float, float]]) -> dict[str, TensorRange]:
+    if not fixed:
+        return ranges
+    ranges = dict(ranges)
+    for tensor, (lo, hi) in fixed.items():
+        ranges[tensor] = TensorRange(lo, hi, ranges[tensor].count if tensor in ranges else 0)
+    return ranges
 
 
 def _share_ranges(ranges: dict[str, TensorRange], groups: list[list[str]]) -> dict[str, TensorRange]:

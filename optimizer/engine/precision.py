@@ -2,7 +2,9 @@
 
 TensorRT 11 and TensorRT-RTX take precision from the graph, so the network definition
 already says it: a Conv whose data and weights both come out of DequantizeLinear from INT8
-runs in INT8 once TensorRT fuses the Q/DQ; a Conv fed FP16 tensors runs in FP16. Reading
+(or FP8) runs in INT8 (FP8) once TensorRT fuses the Q/DQ; a MatMul whose weights come out of a
+block-wise INT4 DequantizeLinear and whose data is float is an INT4 weight-only GEMM ("int4");
+a Conv fed FP16 tensors runs in FP16. Reading
 this before the build lets ``expect="int8"`` fail fast, and works without a GPU (the built
 engine's own layer report needs a runtime, which TensorRT-RTX cannot start on a CPU).
 """
@@ -23,6 +25,8 @@ DTYPE_NAMES = {
 PRECISION_ORDER = ["fp4", "int4", "fp8", "int8", "fp16", "bf16", "fp32"]
 FLOAT_PRECISIONS = {"fp32", "fp16", "bf16"}
 QUANTIZED = {"int8", "fp8", "int4", "fp4"}
+# Formats TensorRT takes as weight-only (block-quantized weights, float activations).
+WEIGHT_ONLY = {"int4", "fp4"}
 # Layers that do the arithmetic worth quantizing; the rest follow their inputs' type.
 COMPUTE_LAYERS = {"CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY", "FULLY_CONNECTED", "EINSUM"}
 # Layers TensorRT moves Q/DQ across when it fuses them (weights often pass a transpose).
@@ -68,6 +72,10 @@ def _compute_precision(layer: Any, producers: dict[str, Any]) -> str:
     sources = {_quantized_source(t, producers) for t in inputs}
     if len(inputs) == 2 and len(sources) == 1 and None not in sources:
         return sources.pop()  # type: ignore[return-value]
+    # Weight-only formats: INT4 (or FP4) weights dequantized into a GEMM whose data stays float.
+    # TensorRT runs these as weight-only GEMMs, so the layer carries the weight's format.
+    if weight_only := sources & WEIGHT_ONLY:
+        return min(weight_only, key=PRECISION_ORDER.index)
     return dtype_name(inputs[0].dtype) if inputs else "fp32"
 
 

@@ -49,8 +49,12 @@ def quantized(request, sample_dir, data, tmp_path_factory):
 def test_everything_with_a_constant_weight_is_int8(quantized):
     assert (quantized.opset_before, quantized.opset_after) == (12, 13)
     assert len(quantized.quantized_nodes) >= 40 and quantized.quantized_weight_share == 1.0
-    # Only the attention's activation x activation MatMuls stay float, each with its reason.
-    assert quantized.skipped and all("not a constant" in r for r in quantized.skipped.values())
+    if quantized.target == "tensorrt":
+        # TensorRT's form also quantizes the SVTR attention's activation x activation MatMuls.
+        assert not quantized.skipped, quantized.skipped
+    else:
+        # ORT's CPU form leaves them float, each with its reason.
+        assert quantized.skipped and all("not a constant" in r for r in quantized.skipped.values())
     assert quantized.fingerprint.count == CALIB_SAMPLES and len(quantized.fingerprint.inputs["x"].shapes) > 1
 
 

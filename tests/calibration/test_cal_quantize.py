@@ -41,7 +41,9 @@ def test_quantize_opset12_model(tmp_path, target):
     assert result.quantized_weight_share == 1.0 and result.fingerprint.count == 4 and seen == [1, 2, 3, 4]
     q = load_model(result.output_path)
     assert op_types(q).count("QuantizeLinear") == result.num_q and op_types(q).count("DequantizeLinear") == result.num_dq
-    assert (result.num_q, result.num_dq) == ((1, 2) if target == "tensorrt" else (2, 3))
+    # onnxruntime-cpu: the conv output, and the Flatten the opset converter puts before Softmax
+    # (data movement: it shares the conv output's scale and runs on uint8).
+    assert (result.num_q, result.num_dq) == ((1, 2) if target == "tensorrt" else (3, 4))
     ref = run(src, samples[1])["y"]
     out = run(q, samples[1])["y"]
     assert out.shape == ref.shape and np.abs(out - ref).max() < 0.05 and np.allclose(out.sum(axis=(1, 2, 3)), 1, atol=1e-5)  # opset-12 Softmax: over C*H*W
