@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml
 	@mkdir -p $(XDG_CACHE_HOME) $(TMPDIR)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q -e ".[rtx,dev]"
+	# [torch] is exactly torch 2.13.0, the CPU wheel (newer torch pulls GBs of CUDA packages);
+	# [ray] runs `trtforge matrix` on an embedded local Ray.
+	$(BIN)/python -m pip install -q -e ".[rtx,dev,torch,ray]"
 	# The sample model ships inside this package. --no-deps: we only need its model
 	# files, and its dependencies would pull opencv and pin the CPU onnxruntime.
 	$(BIN)/python -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+	# MTCNN's weights for the export sample; --no-deps: it pins an old torch and numpy.
+	$(BIN)/python -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 	@touch $(STAMP)
 
 # The main job on the bundled sample: PP-OCRv4 text recognizer -> passes -> INT8 QDQ

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from optimizer.errors import ConfigError, InputError, first_line
+from optimizer.feeds import check_feed_size
 from optimizer.model import TensorSpec
 
 # Distinct shapes remembered per input in a fingerprint: enough to see the spread of a
@@ -161,6 +162,7 @@ def synthetic_source(
                 f"synthetic data: input '{spec.name}' has shape {list(spec.shape or [])} with dynamic dims; "
                 f"give its full shape, e.g. shapes={{'{spec.name}': [...]}}"
             )
+    check_feed_size(specs, resolved)  # before any sample is drawn: a hostile dim costs nothing
     return SyntheticSource(specs, count, resolved, seed)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +12,7 @@ import onnx_ir as ir
 
 from optimizer.errors import ConfigError, InputError, ValidationError, VerificationError
 from optimizer.feeds import random_feeds, unfeedable_inputs
-from optimizer.model import TensorSpec, input_specs, to_proto_bytes
+from optimizer.model import TensorSpec, input_specs, iter_tensors, save_model, to_proto_bytes
 from optimizer.runners import session_for
 
 
@@ -162,7 +164,8 @@ def compare(
 
 
 def _runner(model: ir.Model):
-    return session_for(model, optimization="disable")
+    # A few check runs per session: pre-packing the weights would cost more than the runs.
+    return session_for(model, optimization="disable", prepack=False)
 
 
 def _loads(model: ir.Model) -> str | None:
@@ -181,12 +184,20 @@ def structural_problem(model: ir.Model) -> str | None:
     """
     import onnx
 
+    if any(isinstance(t, ir.ExternalTensor) for _, t in iter_tensors(model)):
+        # The checker looks for external data beside the file it reads: give it one.
+        with tempfile.TemporaryDirectory(prefix="trtforge-check-") as tmp:
+            path = save_model(model, Path(tmp) / "model.onnx", external_data=True)
+            return _checker_problem(lambda: onnx.checker.check_model(str(path), full_check=True))
     data = to_proto_bytes(model)
     if data is None:
         return None
+    return _checker_problem(lambda: onnx.checker.check_model(onnx.load_from_string(data), full_check=True))
+
+
+def _checker_problem(check) -> str | None:
     try:
-        proto = onnx.load_from_string(data)
-        onnx.checker.check_model(proto, full_check=True)
+        check()
     except Exception as exc:  # the checker raises ValidationError, InferenceError, ...
         return " ".join(str(exc).split())[:300] or type(exc).__name__
     return None

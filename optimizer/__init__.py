@@ -10,7 +10,7 @@ Heavy modules (onnxruntime, TensorRT) are imported only when a function needs th
 
 from __future__ import annotations
 
-__all__ = ["optimize", "validate_only", "load_recipe", "inspect_model", "load_model", "save_model"]
+__all__ = ["optimize", "validate_only", "matrix", "export", "load_recipe", "inspect_model", "load_model", "save_model"]
 
 
 def __getattr__(name: str):
@@ -19,6 +19,15 @@ def __getattr__(name: str):
         from optimizer import pipeline
 
         return getattr(pipeline, name)
+    if name == "matrix":
+        from optimizer.matrix_run import matrix
+
+        return matrix
+    if name == "export":
+        # The module is torch_export: a submodule named `export` would shadow this function once imported.
+        from optimizer.torch_export import export
+
+        return export
     if name == "load_recipe":
         from optimizer.recipe import load_recipe
 

@@ -42,8 +42,16 @@ class CalibrationError(TrtforgeError):
     """Calibration data or statistics are unusable (NaNs, wrong inputs, nothing to quantize)."""
 
 
+class NothingToQuantize(CalibrationError):
+    """The model has no node the precision stage can quantize (none, or all inside subgraphs)."""
+
+
 class BuildError(TrtforgeError):
     """TensorRT could not parse or build the model, or no builder is installed."""
+
+
+class UnparsableModel(BuildError):
+    """TensorRT's ONNX parser does not take the model (ops it has no importer for)."""
 
 
 class ValidationError(TrtforgeError):

@@ -18,6 +18,9 @@ from optimizer.errors import ConfigError, InputError
 from optimizer.model import TensorSpec
 
 DEFAULT_MAX_FEED_BYTES = 2 << 30
+#: A shape probe never tries feeds larger than this: past it a model that has not run yet is
+#: not about to, and every activation of a large image would be fetched.
+PROBE_MAX_FEED_BYTES = 64 << 20
 
 
 def max_feed_bytes() -> int:
@@ -27,6 +30,14 @@ def max_feed_bytes() -> int:
         return int(text) if text else DEFAULT_MAX_FEED_BYTES
     except ValueError:
         raise ConfigError(f"TRTFORGE_MAX_FEED_BYTES is {text!r}; set it to a number of bytes") from None
+
+
+# Element types ONNX Runtime's Python API takes from numpy (and random_array can make).
+_FEEDABLE = {
+    ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BOOL, ir.DataType.STRING,
+    ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType.INT64,
+    ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32, ir.DataType.UINT64,
+}
 
 
 def unfeedable_inputs(model: ir.Model) -> dict[str, str]:
@@ -40,6 +51,10 @@ def unfeedable_inputs(model: ir.Model) -> dict[str, str]:
             reasons[value.name] = f"input '{value.name}' is a {kind.replace('Type', '').lower()}, not a tensor"
         elif value.dtype is None:
             reasons[value.name] = f"input '{value.name}' has no element type"
+        elif value.dtype not in _FEEDABLE:
+            reasons[value.name] = (
+                f"input '{value.name}' is {value.dtype.name}, which ONNX Runtime's Python API cannot be fed"
+            )
     return reasons
 
 
@@ -50,6 +65,16 @@ def _nbytes(dtype: np.dtype, shape: Sequence[int]) -> int:
     return count * max(dtype.itemsize, 1)
 
 
+def _spec_nbytes(spec: TensorSpec, shape: Sequence[int]) -> int:
+    dtype = np.dtype(spec.dtype) if spec.dtype not in ("unknown", "object") else np.dtype(np.float32)
+    return _nbytes(dtype, shape)
+
+
+def feed_nbytes(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]]) -> int:
+    """Bytes random feeds of ``shapes`` would take (inputs without a shape count 0)."""
+    return sum(_spec_nbytes(s, shapes[s.name]) for s in specs if s.name in shapes)
+
+
 def check_feed_size(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]]) -> None:
     """InputError before any allocation when the feeds would exceed ``max_feed_bytes()``."""
     limit = max_feed_bytes()
@@ -58,8 +83,7 @@ def check_feed_size(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[i
         shape = shapes.get(spec.name)
         if shape is None:
             continue
-        dtype = np.dtype(spec.dtype) if spec.dtype not in ("unknown", "object") else np.dtype(np.float32)
-        total += _nbytes(dtype, shape)
+        total += _spec_nbytes(spec, shape)
         if total > limit:
             raise InputError(
                 f"input '{spec.name}' of shape {list(shape)} would need {total / 2**30:.3g} GiB of random data, over the "
@@ -95,11 +119,35 @@ def random_feeds(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]
     return feeds
 
 
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+
+
+def _activations(model: ir.Model) -> list[str]:
+    """Names of the main graph's node outputs that may be float activations (see ``_empty_activation``)."""
+    names = []
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name and (value.dtype is None or value.dtype in _FLOATS):
+                names.append(value.name)
+    return names
+
+
+def _empty_activation(outputs: Mapping[str, np.ndarray]) -> str | None:
+    """An empty float tensor of rank >= 2: the shape is too small for the network (a downsampling
+    stack ran out of pixels). ONNX Runtime carries on through it; TensorRT refuses to build.
+    Empty integer shape tensors are ordinary shape arithmetic and do not count."""
+    for name, array in outputs.items():
+        if isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.ndim >= 2 and array.size == 0:
+            return name
+    return None
+
+
 def ort_probe(model: ir.Model):
     """``probe(shapes) -> None | reason``: does ONNX Runtime run ``model`` on random inputs of ``shapes``?
 
     The session is built once, on first use, and shared by every probe (a session is
-    shape-agnostic), so trying a ladder of sizes costs one load and a few small runs.
+    shape-agnostic), so trying a ladder of sizes costs one load and a few small runs. A size at
+    which an output or a float activation comes out empty does not count as running.
     """
     from optimizer.errors import TrtforgeError
     from optimizer.model import input_specs
@@ -112,17 +160,20 @@ def ort_probe(model: ir.Model):
     def probe(shapes: Mapping[str, Sequence[int]]) -> str | None:
         if blocked:
             return next(iter(blocked.values()))
+        if feed_nbytes(specs, shapes) > PROBE_MAX_FEED_BYTES:
+            return f"the feeds would exceed the probe's {PROBE_MAX_FEED_BYTES >> 20} MiB"
         if "runner" not in state:
             try:
-                state["runner"] = session_for(model, optimization="disable")
+                state["runner"] = session_for(model, outputs=_activations(model), optimization="disable", prepack=False)
             except TrtforgeError as exc:
                 state["runner"], state["load_error"] = None, " ".join(str(exc).split())[:300]
         if state["runner"] is None:
             return state["load_error"]
         try:
-            state["runner"].run(random_feeds(specs, shapes, seed=0))
+            outputs = state["runner"].run(random_feeds(specs, shapes, seed=0))
         except TrtforgeError as exc:
             return " ".join(str(exc).split())[:300]
-        return None
+        empty = _empty_activation(outputs)
+        return f"tensor '{empty}' comes out empty at these shapes" if empty else None
 
     return probe

@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx_ir as ir
+
 from calibration.data import Limited
 from optimizer.cache import StageCache, cache_key, restore, tool_versions
-from optimizer.errors import ConfigError, InputError, ValidationError
+from optimizer.errors import ConfigError, InputError, NothingToQuantize, UnparsableModel, ValidationError
 from optimizer.gates import check_syntax, evaluate_gates
-from optimizer.model import artifact_files, content_hash, count_nodes, input_specs, load_model, metadata, save_model
+from optimizer.model import artifact_files, content_hash, count_nodes, input_specs, load_model, metadata, opset_of, save_model
 from optimizer.progress import Progress
 from optimizer.recipe import Recipe
+from optimizer.shapes import ResolvedShapes, parse_dims, parse_profiles, parse_shapes, resolve_model_shapes
 from optimizer.report import Report, StageRecord, environment
 
 
@@ -48,6 +51,8 @@ class RunContext:
     data: RunData
     cache: StageCache
     progress: Progress
+    shapes: ResolvedShapes = field(default_factory=lambda: ResolvedShapes())
+    op_types: frozenset[str] = frozenset()  # of the input model, subgraphs included
     warnings: list[str] = field(default_factory=list)
 
 
@@ -55,18 +60,36 @@ class RunContext:
 
 
 class Stage:
-    """One step of the pipeline. Subclasses set ``name`` and implement ``enabled``/``config``/``run``."""
+    """One step of the pipeline. Subclasses set ``name`` and implement ``check``/``enabled``/``config``/``run``."""
 
     name = "stage"
     produces_model = True  # False: the artifact (an engine) does not feed later stages
+    # True for the stage whose input is what the first-divergent-layer search compares against.
+    sets_precision = False
+
+    def check(self, ctx: RunContext) -> None:
+        """Raise ConfigError when the recipe asks this stage for something it cannot do; runs before any stage."""
 
     def enabled(self, ctx: RunContext) -> str | None:
-        """None when the stage should run, else the reason it is skipped."""
+        """None when the stage should run, else the reason it is skipped (never raises: see ``check``)."""
         return None
 
-    def config(self, ctx: RunContext) -> dict[str, Any]:
-        """Everything besides the input artifact that determines the result (the cache key)."""
-        return {}
+    def validation_note(self, ctx: RunContext) -> str | None:
+        """Why the candidate cannot be validated on this machine after this stage, if it cannot."""
+        return None
+
+    def skippable(self, ctx: RunContext) -> tuple[type[Exception], ...]:
+        """Errors that mean "nothing for this stage to do on this model": the run goes on without
+        the stage and the report says why (a warning), instead of the run failing."""
+        return ()
+
+    def reads(self, ctx: RunContext) -> tuple[str, ...]:
+        """What the result depends on besides the input artifact: names of ``KEY_INPUTS``.
+
+        The cache key is derived from exactly these, valued in one place (``stage_key``);
+        ``tests/test_stage_keys.py`` changes each one and checks that the key moves.
+        """
+        return ()
 
     def run(self, ctx: RunContext, model_path: Path) -> tuple[list[Path], StageRecord]:
         """Return the files written (artifact first) and the record."""
@@ -79,12 +102,11 @@ class PassesStage(Stage):
     def enabled(self, ctx):
         return None if ctx.recipe.passes.enabled else "disabled in the recipe"
 
-    def config(self, ctx):
-        cfg = dataclasses.asdict(ctx.recipe.passes)
-        cfg["verify_data"] = ctx.data.calib_fingerprint["sha256"] if (cfg["verify"] and ctx.data.calib_fingerprint) else None
-        # Without data the verifier generates inputs at the profile's opt shapes: then they count.
-        cfg["verify_shapes"] = list(ctx.recipe.build.shapes) if cfg["verify"] and ctx.data.calib is None else None
-        return cfg
+    def reads(self, ctx):
+        if not ctx.recipe.passes.verify:
+            return ("recipe.passes",)
+        # The verifier runs on the calibration data, else on random inputs at the resolved shapes.
+        return ("recipe.passes", "calib_data" if ctx.data.calib is not None else "shapes.opt")
 
     def run(self, ctx, model_path):
         from graph_passes import DEFAULT_PASSES, Verifier, run_passes
@@ -95,17 +117,24 @@ class PassesStage(Stage):
         verifier = None
         if cfg.verify:
             feeds = list(Limited(ctx.data.calib, 4)) if ctx.data.calib is not None else None
-            verifier = Verifier(model, feeds=feeds, shapes=_opt_shapes(ctx.recipe))
-        records = run_passes(model, cfg.names, skip=cfg.skip, verifier=verifier, explain=cfg.explain, opset=cfg.opset)
+            verifier = Verifier(model, feeds=feeds, shapes=ctx.shapes.opt())
+        records = run_passes(
+            model, cfg.names, skip=cfg.skip, verifier=verifier, explain=cfg.explain, opset=cfg.opset, strict=cfg.strict
+        )
         out = ctx.out_dir / f"{ctx.stem}.opt.onnx"
         save_model(model, out)
         after = count_nodes(model)
         fired = [r.name for r in records if r.modified]
+        partial = verifier.describe_partial() if verifier is not None else None
+        warnings = [f"pass {r.name} rolled back: {r.warning}" for r in records if r.warning]
+        warnings += [partial] if partial else []
+        verified = "partial" if partial else bool(verifier)
         record = StageRecord(
             name=self.name,
             status="ran",
             artifact=str(out),
-            summary={"nodes": f"{before} → {after}", "passes fired": len(fired), "verified": bool(verifier)},
+            warnings=warnings,
+            summary={"nodes": f"{before} → {after}", "passes fired": len(fired), "verified": verified},
             details={
                 "nodes_before": before,
                 "nodes_after": after,
@@ -122,9 +151,12 @@ class PruneStage(Stage):
     name = "prune"
 
     def enabled(self, ctx):
+        return None if ctx.recipe.prune.enabled else "disabled in the recipe"
+
+    def check(self, ctx):
         cfg = ctx.recipe.prune
         if not cfg.enabled:
-            return "disabled in the recipe"
+            return
         if cfg.sparsity is None and cfg.channels is None and cfg.flops_target is None and cfg.max_error is None:
             raise ConfigError(
                 "prune.enabled is true but no budget is set: give prune.sparsity: '2:4', prune.channels, "
@@ -132,15 +164,13 @@ class PruneStage(Stage):
             )
         if cfg.max_error is not None and ctx.data.val is None:
             raise ConfigError("prune.max_error is measured on validation data: pass --val DIR or set validate.data")
-        return None
 
-    def config(self, ctx):
-        cfg = dataclasses.asdict(ctx.recipe.prune)
-        cfg["data"] = ctx.data.calib_fingerprint["sha256"] if ctx.data.calib_fingerprint else None
-        if cfg["max_error"] is not None:  # the budget is checked on the validation data: its content counts
-            cfg["val_data"] = ctx.data.val_fingerprint["sha256"] if ctx.data.val_fingerprint else None
-        cfg["shapes"] = list(ctx.recipe.build.shapes)  # FLOPs without data are measured at the profile's opt shape
-        return cfg
+    def reads(self, ctx):
+        # FLOPs without data are measured at the resolved opt shapes; max_error on the validation data.
+        base = ("recipe.prune", "calib_data", "shapes.opt")
+        if ctx.data.metric is not None and ctx.data.val is not None:  # the record carries the task metric on the val data
+            return base + ("val_data", "metric")
+        return base + ("val_data",) if ctx.recipe.prune.max_error is not None else base
 
     def run(self, ctx, model_path):
         from optimizer.pruning import prune
@@ -157,7 +187,7 @@ class PruneStage(Stage):
             reconstruct=cfg.reconstruct,
             exclude=cfg.exclude,
             samples=cfg.max_samples,
-            input_shapes=_opt_shapes(ctx.recipe),
+            input_shapes=ctx.shapes.opt(),
         )
         with ctx.progress.task("pruning statistics", total) as update:
             if cfg.max_error is not None:
@@ -165,7 +195,15 @@ class PruneStage(Stage):
 
                 result = prune_within_error(model_path, out, val=ctx.data.val, max_error=cfg.max_error, progress=update, **options)
             else:
-                result = prune(model_path, out, channels=cfg.channels, flops_target=cfg.flops_target, progress=update, **options)
+                result = prune(model_path, out, channels=cfg.channels, flops_target=cfg.flops_target, progress=update,
+                               force=cfg.force, **options)
+        if result.check is not None and not result.check["passed"] and result.output is None:
+            from optimizer.errors import GateFailed
+            from optimizer.pruning.check import check_summary, failure_advice
+
+            # Pruning that destroys the model stops the run: nothing later would be worth measuring.
+            raise GateFailed(f"prune stage: {check_summary(result.check)}; {failure_advice(result.check, cfg.channels, cfg.flops_target)}; "
+                             "nothing written (prune.force: true keeps it anyway)")
         pruned = sum(1 for layer in result.layers if layer.action == "pruned")
         groups = [g for g in result.groups if g.roots]
         summary = {"FLOPs": f"{result.flops_before / 1e9:.3g}G → {result.flops_after / 1e9:.3g}G (-{result.flops_reduction:.1%})",
@@ -174,31 +212,68 @@ class PruneStage(Stage):
             summary["2:4 layers"] = f"{pruned} ({result.sparse_flops_share:.0%} of FLOPs)"
         if groups:
             summary["channel groups cut"] = f"{sum(1 for g in groups if g.kept < g.channels)}/{len(groups)}"
-        record = StageRecord(name=self.name, status="ran", artifact=str(out), summary=summary, details=result.to_dict(),
+        details = result.to_dict()
+        if check := result.check:
+            summary["output error"] = f"{check['relative_error']:.3g} (tolerance {check['tolerance']:g}, {check['data']} data)"
+            if not check["passed"]:
+                result.warnings.append(f"kept by prune.force although the output error {check['relative_error']:.3g} is beyond {check['tolerance']:g}")
+        if ctx.data.metric is not None and ctx.data.val is not None:
+            details["task"] = _pruned_task_metric(ctx, model_path, out)
+            task = details["task"]
+            summary[f"{task['name']} original → pruned"] = f"{task['reference']:.3g} → {task['candidate']:.3g}{task.get('unit', '')}"
+        record = StageRecord(name=self.name, status="ran", artifact=str(out), summary=summary, details=details,
                              warnings=list(result.warnings))
         return artifact_files(out), record
 
 
+def _pruned_task_metric(ctx: RunContext, original: Path, pruned: Path) -> dict:
+    """The recipe's task metric on the validation data, original against pruned."""
+    from optimizer.runners import OrtRunner
+    from optimizer.validate import MetricContext, compare
+
+    with ctx.progress.task("task metric of the pruned model", len(ctx.data.val)) as update:
+        result = compare(OrtRunner(original), OrtRunner(pruned), ctx.data.val, labels=ctx.data.val.labels, metric=ctx.data.metric,
+                         context=MetricContext(metadata=metadata(load_model(original))), progress=update)
+    return result["task"]
+
+
+# Ops that mean the model already carries its own integer precision: quantizing again would
+# stack a second set of scales on the first.
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+    "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "QGemm", "QAttention",
+})
+
+
 class PrecisionStage(Stage):
     name = "precision"
+    sets_precision = True
+
+    def skippable(self, ctx):
+        return (NothingToQuantize,)
 
     def enabled(self, ctx):
-        cfg = ctx.recipe.precision
-        if cfg.mode == "none":
+        if ctx.recipe.precision.mode == "none":
             return "precision mode is 'none'"
-        if cfg.budget and ctx.data.val is None:
-            raise ConfigError(f"precision.budget '{cfg.budget}' is measured on validation data: pass --val DIR or set validate.data")
+        already = sorted(ctx.op_types & QUANTIZED_OPS)
+        if already:
+            return f"the model is already quantized ({', '.join(already)}); precision stage left it as it is"
         return None
 
-    def config(self, ctx):
-        cfg = dataclasses.asdict(ctx.recipe.precision)
-        cfg.pop("calib")  # the data's content counts, not where it lies
-        cfg["data"] = ctx.data.calib_fingerprint["sha256"] if ctx.data.calib_fingerprint else None
-        if cfg["budget"]:  # the budget is measured on the validation data (and labels) with the task metric
-            fp = ctx.data.val_fingerprint or {}
-            cfg["val_data"] = (fp.get("sha256"), fp.get("labels_sha256"))
-            cfg["metric"] = (ctx.recipe.validate.metric, ctx.data.metric_sha256)
-        return cfg
+    def check(self, ctx):
+        cfg = ctx.recipe.precision
+        if cfg.mode != "none" and cfg.budget and ctx.data.val is None:
+            raise ConfigError(f"precision.budget '{cfg.budget}' is measured on validation data: pass --val DIR or set validate.data")
+
+    def validation_note(self, ctx):
+        if ctx.recipe.precision.mode == "bf16":
+            return "ONNX Runtime's CPU kernels have no BF16: validate the engine on a GPU"
+        return None
+
+    def reads(self, ctx):
+        # A budget is measured on the validation data (and labels) with the task metric.
+        base = ("recipe.precision", "calib_data")
+        return base + ("val_data", "metric") if ctx.recipe.precision.budget else base
 
     def run(self, ctx, model_path):
         cfg = ctx.recipe.precision
@@ -206,20 +281,23 @@ class PrecisionStage(Stage):
             return self._autocast(ctx, model_path)
         from calibration import quantize
 
-        out = ctx.out_dir / f"{ctx.stem}.int8.onnx"
+        suffix = {"int8": "int8", "fp8": "fp8", "int4-weight": "int4"}[cfg.mode]
+        out = ctx.out_dir / f"{ctx.stem}.{suffix}.onnx"
         budget = None
         if cfg.budget:
-            from calibration.sensitivity import budget_metric, quantize_with_budget, report
+            from calibration.sensitivity import quantize_with_budget, report
+            from optimizer.validate import metric_scorer
 
             if ctx.data.val is None:
                 raise ConfigError(f"precision.budget '{cfg.budget}' is measured on validation data: pass --val DIR")
             val = list(ctx.data.val)
-            metric, higher = budget_metric(ctx.recipe.validate.metric, ctx.recipe.base_dir, ctx.data.val.labels, model_path)
+            # The metric file was executed once, before any stage (RunData.metric): not again here.
+            metric, higher = metric_scorer(ctx.data.metric, ctx.data.val.labels, model_path)
             with ctx.progress.task("budget search", None):
                 budget = quantize_with_budget(
                     model_path, out, ctx.data.calib, val, budget=cfg.budget, metric=metric, higher_is_better=higher,
                     target=cfg.target, method=cfg.method, per_channel=cfg.per_channel, percentile=cfg.percentile,
-                    exclude=cfg.exclude,
+                    exclude=cfg.exclude, mode=cfg.mode,
                 )
             result = budget.quantize
         else:
@@ -234,6 +312,9 @@ class PrecisionStage(Stage):
                     percentile=cfg.percentile,
                     exclude=cfg.exclude,
                     progress=update,
+                    mode=cfg.mode,
+                    block_size=cfg.block_size,
+                    int4_method=cfg.int4_method,
                 )
         details = dataclasses.asdict(result)
         if budget is not None:
@@ -251,9 +332,10 @@ class PrecisionStage(Stage):
             artifact=str(out),
             summary={
                 "target": cfg.target,
-                "method": cfg.method,
+                "mode": cfg.mode,
+                "method": result.method,
                 "quantized nodes": len(result.quantized_nodes),
-                "INT8 weight share": round(result.quantized_weight_share, 4),
+                f"{suffix.upper()} weight share": round(result.quantized_weight_share, 4),
                 "samples": result.fingerprint.count,
                 **({"budget": f"{budget.budget} {'met' if budget.met else 'NOT met'}, {len(budget.kept)} layer(s) kept FP32"}
                    if budget is not None else {}),
@@ -294,41 +376,38 @@ class BuildStage(Stage):
     name = "build"
     produces_model = False
 
+    def skippable(self, ctx):
+        # "auto": a model TensorRT's parser does not take skips the build, said loudly; "yes": an error.
+        return (UnparsableModel,) if ctx.recipe.build.enabled == "auto" else ()
+
     def enabled(self, ctx):
-        cfg = ctx.recipe.build
-        if cfg.enabled == "no":
-            return "disabled in the recipe"
         from optimizer.engine import available_builders
 
-        builders = available_builders()
-        if cfg.builder is not None and cfg.builder not in builders:
-            raise ConfigError(f"build.builder is '{cfg.builder}' but it is not installed (installed: {', '.join(builders) or 'none'})")
-        if not builders:
-            if cfg.enabled == "yes":
-                raise ConfigError("build.enabled is 'yes' but no TensorRT module is installed: pip install 'trtforge[rtx]'")
+        if ctx.recipe.build.enabled == "no":
+            return "disabled in the recipe"
+        if not available_builders():
             return "no TensorRT module installed (pip install 'trtforge[rtx]' builds engines without a GPU)"
         return None
 
-    def config(self, ctx):
-        from optimizer.engine import BuildConfig, available_builders, load_tensorrt
-        from optimizer.engine.build import build_target
+    def check(self, ctx):
+        from optimizer.engine import available_builders
 
-        build = ctx.recipe.build
-        cfg = dataclasses.asdict(build)
-        trt, flavour = load_tensorrt(build.builder or available_builders()[0])
-        cfg["builder_resolved"] = f"{flavour} {trt.__version__}"
-        # The hardware the engine is for (this GPU for datacenter TensorRT): a stage cache
-        # shared between machines must not hand one GPU's engine to another.
-        target_cfg = BuildConfig(compute_capabilities=tuple(build.compute_capabilities), hardware_compatibility=build.hardware_compatibility)
-        cfg["target"] = build_target(trt, flavour, target_cfg)
-        return cfg
+        cfg = ctx.recipe.build
+        builders = available_builders() if cfg.enabled != "no" else []
+        if cfg.enabled != "no" and cfg.builder is not None and cfg.builder not in builders:
+            raise ConfigError(f"build.builder is '{cfg.builder}' but it is not installed (installed: {', '.join(builders) or 'none'})")
+        if cfg.enabled == "yes" and not builders:
+            raise ConfigError("build.enabled is 'yes' but no TensorRT module is installed: pip install 'trtforge[rtx]'")
+
+    def reads(self, ctx):
+        return ("recipe.build", "builder", "shapes.profiles")
 
     def run(self, ctx, model_path):
-        from optimizer.engine import BuildConfig, build_engine, build_or_reuse, parse_shapes
+        from optimizer.engine import BuildConfig
         from optimizer.engine.sparsity import two_four_sparse_weights
 
         cfg = ctx.recipe.build
-        profiles = ([parse_shapes(cfg.shapes)] if cfg.shapes else []) + [parse_shapes(p) for p in cfg.profiles]
+        profiles = ctx.shapes.profiles()
         engine_path = ctx.out_dir / f"{ctx.stem}.engine"
         build_cfg = BuildConfig(
             profiles=profiles,
@@ -343,12 +422,11 @@ class BuildStage(Stage):
             strip_weights=cfg.strip_weights,
         )
         ctx.progress.info(f"building the engine from {model_path.name} ...")
-        if cfg.engine_store:  # also gives datacenter TensorRT its timing cache per (version, GPU)
-            result = build_or_reuse(model_path, engine_path, build_cfg, builder=cfg.builder)
-        else:
-            from optimizer.engine.store import add_timing_cache
-
-            result = build_engine(model_path, engine_path, add_timing_cache(build_cfg, cfg.builder), builder=cfg.builder)
+        result, warnings = self._build_on_resolved_shapes(ctx, model_path, engine_path, build_cfg)
+        if any(s.source == "default" for s in ctx.shapes.inputs.values()):
+            warnings.append(
+                f"the engine profile comes from default shapes ({ctx.shapes.describe()}); give --shapes or data to cover real traffic"
+            )
         precision = result.precision
         summary = {
             "builder": f"{result.builder} {result.version}",
@@ -361,21 +439,85 @@ class BuildStage(Stage):
         sidecar = Path(str(result.engine_path) + ".json")
         if sidecar.exists():
             files.append(sidecar)
-        record = StageRecord(name=self.name, status="ran", artifact=str(result.engine_path), summary=summary, details=dataclasses.asdict(result))
+        details = {**dataclasses.asdict(result), "shapes": ctx.shapes.to_dict()}  # after any move off a refused default
+        record = StageRecord(name=self.name, status="ran", artifact=str(result.engine_path), summary=summary,
+                             details=details, warnings=warnings)
         return files, record
+
+    def _build_on_resolved_shapes(self, ctx, model_path: Path, engine_path: Path, build_cfg):
+        """Build; when the profile came from default sizes and the builder refuses it, try the next
+        default sizes ONNX Runtime also ran (TensorRT and ORT disagree on some pooling shapes)."""
+        from optimizer.errors import BuildError
+
+        alternatives = list(ctx.shapes.alternatives)
+        warnings: list[str] = []
+        while True:
+            try:
+                return self._build(ctx, model_path, engine_path, build_cfg), warnings
+            except BuildError as exc:
+                if not alternatives or isinstance(exc, UnparsableModel):  # no shape fixes a parse failure
+                    raise
+                refused = ctx.shapes.describe()
+                ctx.shapes = ctx.shapes.with_ranges(
+                    alternatives.pop(0), f"the builder refused the default shapes {refused} ({str(exc)[-160:]})"
+                )
+                warnings.append(f"TensorRT refused default shapes {refused}; built at {ctx.shapes.describe()} instead")
+                build_cfg = dataclasses.replace(build_cfg, profiles=ctx.shapes.profiles())
+
+    @staticmethod
+    def _build(ctx, model_path: Path, engine_path: Path, build_cfg):
+        from optimizer.engine import build_engine, build_or_reuse
+
+        cfg = ctx.recipe.build
+        if cfg.engine_store:  # also gives datacenter TensorRT its timing cache per (version, GPU)
+            return build_or_reuse(model_path, engine_path, build_cfg, builder=cfg.builder)
+        from optimizer.engine.store import add_timing_cache
+
+        return build_engine(model_path, engine_path, add_timing_cache(build_cfg, cfg.builder), builder=cfg.builder)
 
 
 STAGES: list[Stage] = [PassesStage(), PruneStage(), PrecisionStage(), BuildStage()]
 
 
-def _opt_shapes(recipe: Recipe) -> dict[str, tuple[int, ...]] | None:
-    """The 'opt' shape of each input from the build profile: the shapes traffic is expected to have."""
-    if not recipe.build.shapes:
-        return None
-    from optimizer.engine import parse_shapes
+# ---------------------------------------------------------------- cache keys
 
-    profile = parse_shapes(recipe.build.shapes)
-    return {name: tuple(dims[1]) for name, dims in profile.shapes.items()}
+
+def _builder_identity(ctx: RunContext) -> dict:
+    """The builder and the hardware the engine is for (this GPU for datacenter TensorRT): a stage
+    cache shared between machines must not hand one GPU's engine to another."""
+    from optimizer.engine import BuildConfig, available_builders, load_tensorrt
+    from optimizer.engine.build import build_target
+
+    build = ctx.recipe.build
+    trt, flavour = load_tensorrt(build.builder or available_builders()[0])
+    target = BuildConfig(compute_capabilities=tuple(build.compute_capabilities), hardware_compatibility=build.hardware_compatibility)
+    return {"builder": f"{flavour} {trt.__version__}", "target": build_target(trt, flavour, target)}
+
+
+def _fingerprint(fp: dict | None, *keys: str) -> tuple:
+    return tuple((fp or {}).get(k) for k in keys)
+
+
+#: Everything a stage can read besides its input artifact, each valued in one place.
+KEY_INPUTS: dict[str, Any] = {
+    "recipe.passes": lambda ctx: dataclasses.asdict(ctx.recipe.passes),
+    "recipe.prune": lambda ctx: dataclasses.asdict(ctx.recipe.prune),
+    # Where the calibration folder lies does not count, only its content ("calib_data").
+    "recipe.precision": lambda ctx: {k: v for k, v in dataclasses.asdict(ctx.recipe.precision).items() if k != "calib"},
+    "recipe.build": lambda ctx: dataclasses.asdict(ctx.recipe.build),
+    "calib_data": lambda ctx: _fingerprint(ctx.data.calib_fingerprint, "sha256"),
+    "val_data": lambda ctx: _fingerprint(ctx.data.val_fingerprint, "sha256", "labels_sha256"),
+    "metric": lambda ctx: (ctx.recipe.validate.metric, ctx.data.metric_sha256),
+    "shapes.opt": lambda ctx: ctx.shapes.opt(),
+    "shapes.profiles": lambda ctx: [p.spec() for p in ctx.shapes.profiles()],
+    "builder": _builder_identity,
+}
+
+
+def stage_key(ctx: RunContext, stage: Stage, input_hash: str, versions: dict) -> str:
+    """The cache key: the input artifact, what the stage declares it reads, tool versions."""
+    reads = {name: KEY_INPUTS[name](ctx) for name in stage.reads(ctx)}
+    return cache_key(stage.name, {"input": input_hash, "reads": reads, "versions": versions})
 
 
 # ---------------------------------------------------------------- data
@@ -384,13 +526,10 @@ def _opt_shapes(recipe: Recipe) -> dict[str, tuple[int, ...]] | None:
 def _open_data(folder: Path | None, specs, limit: int | None):
     if folder is None:
         return None, None
-    from calibration import NpzFolderSource, validate_source
-    from calibration.data import bind_source
+    from calibration.data import open_folder
 
-    folder_source = NpzFolderSource(folder)
-    bind_source(folder_source, specs)  # .npy samples learn the input name before any wrapping
-    source = Limited(folder_source, limit)
-    fingerprint = dataclasses.asdict(validate_source(source, specs))
+    source, fingerprint = open_folder(folder, specs, limit)
+    fingerprint = dataclasses.asdict(fingerprint)
     if source.labels is not None:  # labels decide task metrics and budgets: they belong in cache keys
         fingerprint["labels_sha256"] = hashlib.sha256(json.dumps(source.labels, default=str).encode()).hexdigest()
     return source, fingerprint
@@ -401,10 +540,10 @@ def _metric_sha256(recipe: Recipe) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _synthetic(specs, recipe: Recipe):
+def _synthetic(specs, recipe: Recipe, shapes: ResolvedShapes):
     from calibration import synthetic_source, validate_source
 
-    source = synthetic_source(specs, count=recipe.precision.max_samples or 16, shapes=_opt_shapes(recipe), seed=0)
+    source = synthetic_source(specs, count=recipe.precision.max_samples or 16, shapes=shapes.opt(), seed=0)
     return source, dataclasses.asdict(validate_source(source, specs))
 
 
@@ -413,7 +552,7 @@ def _synthetic(specs, recipe: Recipe):
 
 def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[StageRecord, dict | None]:
     from optimizer.runners import OrtRunner
-    from optimizer.validate import MetricContext, compare, load_metric, measure_latency, paired_speedup
+    from optimizer.validate import MetricContext, class_like_outputs, compare, load_metric, measure_latency, paired_speedup
 
     cfg = ctx.recipe.validate
     if ctx.data.val is None:
@@ -433,6 +572,7 @@ def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[S
             metric=metric,
             context=MetricContext(metadata=metadata(ref_model)),
             progress=update,
+            class_like=class_like_outputs(ref_model),
         )
     result["data"] = ctx.data.val_fingerprint
     if cfg.noise_samples > 0:
@@ -502,13 +642,18 @@ def optimize(
     calib: str | Path | None = None,
     val: str | Path | None = None,
     gates: list[str] = (),
+    shapes: list[str] = (),
+    dims: list[str] = (),
     use_cache: bool = True,
     progress: Progress | None = None,
     command: str | None = None,
 ) -> Report:
     """Run the whole pipeline; write every artifact and ``report.json``/``report.md`` to ``out_dir``.
 
-    Raises TrtforgeError subclasses for bad input or config before any artifact is written.
+    ``shapes``/``dims`` are ``--shapes``/``--dim`` options (``optimizer.shapes``); without them
+    each input's shape comes from the recipe, the data, the model's metadata or the defaults,
+    and the report says which. Raises TrtforgeError subclasses for bad input or config before
+    any artifact is written; a stage that fails later takes this run's artifacts with it.
     Gates are evaluated into the report (``report.passed``); the caller decides the exit code.
     """
     progress = progress or Progress("quiet")
@@ -520,40 +665,23 @@ def optimize(
 
     model = load_model(model_path)
     specs = input_specs(model)
-    model_info = {
-        "path": str(model_path),
-        "sha256": content_hash(model_path),
-        "nodes": count_nodes(model),
-        "opset": model.opset_imports.get("", None),
-        "inputs": [s.to_dict() for s in specs],
-    }
-    del model
-
+    model_info = _model_info(model_path, model)
     # Data first: a wrong input name or a NaN must stop the run before any work.
-    data = RunData()
-    calib_dir = Path(calib) if calib else recipe.resolve(recipe.precision.calib)
-    val_dir = Path(val) if val else recipe.resolve(recipe.validate.data)
-    if recipe.precision.synthetic and calib_dir is None:
-        data.calib, data.calib_fingerprint = _synthetic(specs, recipe)
-    else:
-        data.calib, data.calib_fingerprint = _open_data(calib_dir, specs, recipe.precision.max_samples)
-    if recipe.precision.mode == "int8" and data.calib is None:
+    data = _open_run_data(recipe, specs, calib, val)
+    resolved = _resolve_run_shapes(model, recipe, data, shapes, dims)
+    model_info["shapes"] = resolved.to_dict()
+    op_types = frozenset(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph))
+    del model
+    if recipe.precision.synthetic and data.calib is None:
+        data.calib, data.calib_fingerprint = _synthetic(specs, recipe, resolved)
+    if recipe.precision.mode == "int8" and data.calib is None and not op_types & QUANTIZED_OPS:
         # INT8 without data is a config error, never a silent skip or a silent random calibration.
         raise ConfigError(
             "INT8 needs calibration data: pass --calib DIR (a folder of .npz samples) or set precision.calib in the recipe "
-            "(or precision.synthetic: true to calibrate on random data, knowingly; or --precision none)"
+            "(or --synthetic to calibrate on random data, knowingly; or --precision none)"
         )
-    data.val, data.val_fingerprint = _open_data(val_dir, specs, recipe.validate.max_samples)
-    if recipe.validate.metric and data.val is not None and data.val.labels is None:
-        raise InputError(f"{val_dir}: the task metric needs labels, but the folder has no labels.json")
     if all_gates and data.val is None:
         raise ConfigError(f"gates {all_gates} are checked on validation data: pass --val DIR or set validate.data")
-    if recipe.validate.metric and data.val is not None:
-        # A bad metric path or a metric file that fails to import stops the run before any stage.
-        from optimizer.validate import load_metric
-
-        data.metric = load_metric(recipe.validate.metric, recipe.base_dir)
-        data.metric_sha256 = _metric_sha256(recipe)
 
     ctx = RunContext(
         recipe=recipe,
@@ -562,79 +690,177 @@ def optimize(
         data=data,
         cache=StageCache(enabled=use_cache),
         progress=progress,
+        shapes=resolved,
+        op_types=op_types,
     )
     report = Report(
-        command=command or " ".join(shlex.quote(a) for a in sys.argv),
+        command=command or f"optimizer.optimize({str(model_path)!r}, {str(out_dir)!r})",
         model=model_info,
         recipe=recipe.to_dict(),
         environment=environment(),
     )
     # Every stage says now whether it can run, so a missing builder or a bad profile stops the
     # run before the first artifact is written.
-    skip_reasons = {stage.name: stage.enabled(ctx) for stage in STAGES}
-    if recipe.build.shapes and skip_reasons["build"] is None:
-        _opt_shapes(recipe)  # parse the profile now: a malformed one is a config error up front
-    out_dir.mkdir(parents=True, exist_ok=True)
-    versions = tool_versions(("tensorrt", "tensorrt-rtx"))
-    current = model_path
-    current_hash = model_info["sha256"]
-    precision_input = model_path
     for stage in STAGES:
-        reason = skip_reasons[stage.name]
-        if reason is not None:
-            report.stages.append(StageRecord(name=stage.name, status="skipped", reason=reason))
-            progress.info(f"{stage.name}: skipped ({reason})")
-            continue
-        key = cache_key(stage.name, {"input": current_hash, "config": stage.config(ctx), "versions": versions})
-        start = time.perf_counter()
-        hit = ctx.cache.get(stage.name, key)
-        if hit is not None:
-            entry, stored = hit
-            files = restore(entry, stored["_files"], out_dir)
-            record = StageRecord(**{k: v for k, v in stored.items() if not k.startswith("_")})
-            record.status = "cached"
-            record.artifact = str(files[0])
-            record.seconds = time.perf_counter() - start
-            progress.info(f"{stage.name}: cached ({record.seconds:.2f}s)")
-        else:
-            progress.info(f"{stage.name}: running")
-            files, record = stage.run(ctx, current)
-            record.seconds = time.perf_counter() - start
-            ctx.cache.put(stage.name, key, files, dataclasses.asdict(record))
-            progress.info(f"{stage.name}: done in {record.seconds:.1f}s")
-        report.stages.append(record)
-        report.artifacts[stage.name] = record.artifact
-        if stage.name == "precision":
-            precision_input = current
-        if stage.produces_model:
-            current = Path(record.artifact)
-            current_hash = content_hash(current)
+        stage.check(ctx)
+    skip_reasons = {stage.name: stage.enabled(ctx) for stage in STAGES}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current, precision_input = _run_stages(ctx, report, model_path, model_info["sha256"], skip_reasons)
+    built = next((r for r in report.stages if r.name == "build" and r.status in ("ran", "cached")), None)
+    if built is not None:  # the build may have moved off a refused default (cached runs too)
+        report.model["shapes"] = built.details.get("shapes", report.model["shapes"])
 
-    if current != model_path and recipe.precision.mode == "bf16":
-        report.stages.append(
-            StageRecord(name="validate", status="skipped", reason="ONNX Runtime's CPU kernels have no BF16: validate the engine on a GPU")
-        )
+    notes = [n for stage in STAGES if skip_reasons[stage.name] is None and (n := stage.validation_note(ctx))]
+    if current != model_path and notes:
+        report.stages.append(StageRecord(name="validate", status="skipped", reason=notes[0]))
     elif current != model_path:
         record, validation = validate_stage(ctx, model_path, current)
         report.stages.append(record)
         report.validation = validation
     else:
         report.stages.append(StageRecord(name="validate", status="skipped", reason="no stage changed the model"))
-    report.gates = evaluate_gates(all_gates, report.validation, baseline.validation if baseline else None)
+    report.gates = evaluate_gates(all_gates, report.validation, baseline.validation if baseline else None,
+                                  defaults=recipe.validate.default_gates)
     if current != model_path and report.validation is not None:
         # The search compares against the precision stage's input: the graph the candidate was made
         # from (after passes and pruning), so only precision changes are blamed on quantized nodes.
         search_divergence(ctx, report, precision_input, current)
     report.warnings.extend(ctx.warnings)
-    if data.calib_fingerprint and data.calib_fingerprint.get("synthetic"):
+    calibrated = any(r.name in ("precision", "prune") and r.status in ("ran", "cached") for r in report.stages)
+    if calibrated and data.calib_fingerprint and data.calib_fingerprint.get("synthetic"):
         report.warnings.append("calibration used synthetic random data (--synthetic)")
-    report.artifacts["report"] = str(out_dir / "report.json")
-    report.artifacts["summary"] = str(out_dir / "report.md")
-    report.artifacts["html"] = str(out_dir / "report.html")
-    report.artifacts["junit"] = str(out_dir / "junit.xml")
+    write_report(report, out_dir)
+    return report
+
+
+def _model_info(model_path: Path, model) -> dict:
+    return {
+        "path": str(model_path),
+        "sha256": content_hash(model_path),
+        "nodes": count_nodes(model),
+        "opset": opset_of(model) or None,
+        "inputs": [s.to_dict() for s in input_specs(model)],
+    }
+
+
+def write_report(report: Report, out_dir: Path) -> None:
+    """report.json plus its renderings, each named in ``report.artifacts``."""
+    for key, name in (("report", "report.json"), ("summary", "report.md"), ("html", "report.html"), ("junit", "junit.xml")):
+        report.artifacts[key] = str(out_dir / name)
     report.save(out_dir / "report.json")
     write_renderings(report, out_dir)
-    return report
+
+
+def _run_stages(ctx: RunContext, report: Report, model_path: Path, model_hash: str, skip_reasons: dict) -> tuple[Path, Path]:
+    """Run (or take from the cache) every enabled stage in order; return (last model, precision's input).
+
+    A stage that fails removes what this run wrote, so the folder never holds a half-finished run.
+    """
+    versions = tool_versions(("tensorrt", "tensorrt-rtx"))
+    current, current_hash, precision_input = model_path, model_hash, model_path
+    written: list[Path] = []
+    try:
+        for stage in STAGES:
+            reason = skip_reasons[stage.name]
+            if reason is not None:
+                report.stages.append(StageRecord(name=stage.name, status="skipped", reason=reason))
+                ctx.progress.info(f"{stage.name}: skipped ({reason})")
+                continue
+            key = stage_key(ctx, stage, current_hash, versions)
+            try:
+                record, files = _run_or_restore(ctx, stage, key, current)
+            except stage.skippable(ctx) as exc:
+                reason = " ".join(str(exc).split())
+                report.stages.append(StageRecord(name=stage.name, status="skipped", reason=reason))
+                ctx.warnings.append(f"{stage.name} skipped: {reason}")
+                continue
+            written.extend(files)
+            report.stages.append(record)
+            report.artifacts[stage.name] = record.artifact
+            if stage.sets_precision:
+                precision_input = current
+            if stage.produces_model:
+                current = Path(record.artifact)
+                current_hash = content_hash(current)
+    except BaseException:
+        for path in written:
+            if path.resolve() != model_path.resolve():
+                path.unlink(missing_ok=True)
+        raise
+    return current, precision_input
+
+
+def _run_or_restore(ctx: RunContext, stage: Stage, key: str, current: Path) -> tuple[StageRecord, list[Path]]:
+    """The stage's result from the cache, else run it and cache it; one process per key at a time,
+    so parallel runs (``trtforge matrix``) sharing a stage compute it once and the rest reuse it."""
+    if not ctx.cache.enabled:
+        return _restore_or_run(ctx, stage, key, current)
+    from filelock import FileLock
+
+    locks = ctx.cache.root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{stage.name}-{key[:32]}.lock")):
+        return _restore_or_run(ctx, stage, key, current)
+
+
+def _restore_or_run(ctx: RunContext, stage: Stage, key: str, current: Path) -> tuple[StageRecord, list[Path]]:
+    start = time.perf_counter()
+    hit = ctx.cache.get(stage.name, key)
+    if hit is not None:
+        entry, stored = hit
+        files = restore(entry, stored["_files"], ctx.out_dir)
+        record = StageRecord(**{k: v for k, v in stored.items() if not k.startswith("_")})
+        record.status = "cached"
+        record.artifact = str(files[0])
+        record.seconds = time.perf_counter() - start
+        ctx.progress.info(f"{stage.name}: cached ({record.seconds:.2f}s)")
+        return record, [Path(f) for f in files]
+    ctx.progress.info(f"{stage.name}: running")
+    files, record = stage.run(ctx, current)
+    record.seconds = time.perf_counter() - start
+    ctx.cache.put(stage.name, key, files, dataclasses.asdict(record))
+    ctx.progress.info(f"{stage.name}: done in {record.seconds:.1f}s")
+    return record, [Path(f) for f in files]
+
+
+def _open_run_data(recipe: Recipe, specs, calib, val) -> RunData:
+    """The run's real data, each folder checked against the model's inputs before any work."""
+    data = RunData()
+    calib_dir = Path(calib) if calib else recipe.resolve(recipe.precision.calib)
+    val_dir = Path(val) if val else recipe.resolve(recipe.validate.data)
+    data.calib, data.calib_fingerprint = _open_data(calib_dir, specs, recipe.precision.max_samples)
+    data.val, data.val_fingerprint = _open_data(val_dir, specs, recipe.validate.max_samples)
+    if recipe.validate.metric and data.val is not None and data.val.labels is None:
+        raise InputError(f"{val_dir}: the task metric needs labels, but the folder has no labels.json")
+    if recipe.validate.metric and data.val is not None:
+        # A bad metric path or a metric file that fails to import stops the run before any stage.
+        from optimizer.validate import load_metric
+
+        data.metric = load_metric(recipe.validate.metric, recipe.base_dir)
+        data.metric_sha256 = _metric_sha256(recipe)
+    return data
+
+
+def _resolve_run_shapes(model, recipe: Recipe, data: RunData, shapes, dims) -> ResolvedShapes:
+    """Every input's range: --shapes/--dim, else the recipe, else the data, metadata, defaults.
+
+    Resolved (and checked against the model and the data) before the first stage, so a build
+    profile that cannot work stops the run before any artifact is written.
+    """
+    if shapes:
+        profiles, source = parse_profiles(shapes), "--shapes"
+    else:
+        recipe_profiles = ([recipe.build.shapes] if recipe.build.shapes else []) + list(recipe.build.profiles)
+        profiles, source = [parse_shapes(p) for p in recipe_profiles], "recipe"
+    named = {**parse_dims(recipe.build.dims), **parse_dims(dims)}
+    return resolve_model_shapes(
+        model,
+        profiles=profiles,
+        dims=named,
+        explicit_source=source,
+        fingerprints=[fp for fp in (data.calib_fingerprint, data.val_fingerprint) if fp],
+        alternatives=3,  # default sizes ORT runs but a builder may still refuse (BuildStage tries the next)
+    ).require()
 
 
 def write_renderings(report: Report, out_dir: Path) -> None:
@@ -687,6 +913,40 @@ def search_divergence(ctx: RunContext, report: Report, reference: Path, candidat
         return
     # Every rendering (terminal, Markdown, HTML) shows it in its own section, with the fix.
     report.validation["divergence"] = divergence_to_dict(result)
+    failing = [g.expression for g in report.gates if not g.passed]
+    if failing and result.recommend_exclude:
+        _measure_fix(ctx, report, result, failing)
+
+
+def _measure_fix(ctx: RunContext, report: Report, result, failing: list[str]) -> None:
+    """Re-run the candidate with the recommendation applied (and extended greedily) before printing it."""
+    from optimizer.divergence import fix_to_dict, measure_fix
+    from optimizer.validate import MetricContext, load_metric
+
+    cfg = ctx.recipe.validate
+    metric = ctx.data.metric or (load_metric(cfg.metric, ctx.recipe.base_dir) if cfg.metric else None)
+    precision = ctx.recipe.precision
+    from optimizer.errors import TrtforgeError
+
+    try:
+        with ctx.progress.task("measuring the recommended fix (trials)", None) as update:
+            fix = measure_fix(
+                result,
+                report.model["path"],  # the reference the gates were checked against
+                ctx.data.val,
+                failing,
+                report.validation,
+                labels=ctx.data.val.labels,
+                metric=metric,
+                context=MetricContext(metadata=metadata(load_model(report.model["path"]))) if metric else None,
+                method=precision.method if precision.mode == "int8" else None,
+                progress=update,
+            )
+    except TrtforgeError as exc:  # the gate verdict stands; only the measurement of the fix is lost
+        report.warnings.append(f"the recommended fix could not be measured: {exc}")
+        return
+    if fix is not None:
+        report.validation["divergence"]["fix"] = fix_to_dict(fix)
 
 
 def validate_only(
@@ -702,11 +962,13 @@ def validate_only(
     baseline: str | Path | None = None,
     divergence: str = "never",
     divergence_samples: int = 2,
+    default_gates: bool = True,
 ) -> Report:
     """``trtforge validate``: the validation stage alone, on two existing models.
 
     ``baseline``: a previous report.json (adds the *_regression gate metrics);
-    ``divergence``: "never" | "on-failure" | "always" run the first-divergent-layer search.
+    ``divergence``: "never" | "on-failure" | "always" run the first-divergent-layer search;
+    ``default_gates``: with no ``gates``, check ``optimizer.gates.default_gates`` (finite, cosine, SNR, top-1, task).
     """
     check_syntax(list(gates))
     previous = load_baseline(Path(baseline) if baseline else None)
@@ -737,7 +999,7 @@ def validate_only(
         validation=validation,
         environment=environment(),
     )
-    report.artifacts["candidate"] = str(candidate)
-    report.gates = evaluate_gates(list(gates), validation, previous.validation if previous else None)
+    report.model["candidate"] = str(candidate)  # read, not written: not an artifact
+    report.gates = evaluate_gates(list(gates), validation, previous.validation if previous else None, defaults=default_gates)
     search_divergence(ctx, report, reference, candidate)
     return report

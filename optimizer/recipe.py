@@ -31,6 +31,7 @@ class PassesConfig:
     verify: bool = True  # check outputs against the original after every pass
     explain: bool = False  # record, per pass, each node a rule matched but refused, and why
     opset: int | None = None  # upgrade the default-domain opset first (onnx version converter)
+    strict: bool = False  # a pass that fails is an error (default: rolled back, named in the report, skipped)
 
 
 @dataclass
@@ -47,11 +48,14 @@ class PruneConfig:
     reconstruct: bool = True  # least-squares repair from calibration data (uses precision.calib)
     exclude: list[str] = field(default_factory=list)  # node-name globs left dense
     max_samples: int | None = 32  # calibration samples used for statistics
+    force: bool = False  # keep a pruned model whose output error is beyond the tolerance (default: stop, exit 1)
 
 
 @dataclass
 class PrecisionConfig:
-    mode: str = "int8"  # "none" | "int8" (Q/DQ) | "fp16" | "bf16" (Casts, calibration.autocast)
+    mode: str = "int8"  # "none" | "int8" | "fp8" (Q/DQ) | "int4-weight" (INT4 weights) | "fp16" | "bf16" (Casts)
+    block_size: int = 128  # mode int4-weight: input channels per scale
+    int4_method: str = "awq"  # mode int4-weight: "awq" (activation-aware clip search) | "rtn"
     target: str = "tensorrt"  # "tensorrt" | "onnxruntime-cpu"
     method: str = "max"
     per_channel: bool = True  # False: one scale per weight tensor (per-tensor)
@@ -71,6 +75,7 @@ class BuildConfigSection:
     builder: str | None = None  # "tensorrt" | "tensorrt-rtx"; None: whichever is installed
     shapes: list[str] = field(default_factory=list)  # the first profile: "input:min,opt,max" per input, dims joined by x
     profiles: list[str] = field(default_factory=list)  # more profiles, each "a:min,opt,max;b:min,opt,max"
+    dims: list[str] = field(default_factory=list)  # named dynamic dims, each "batch=1" or "seq=16,128,512" (min,opt,max)
     workspace_mib: int | None = None
     optimization_level: int | None = None
     expect: str | None = None  # "int8" | "fp16" | "bf16" | "fp8" | "fp32": fail when the network does not carry it
@@ -98,6 +103,8 @@ class ValidateConfig:
     max_samples: int | None = None
     metric: str | None = None  # "path/to/file.py:function" (executes that file: the recipe's explicit choice)
     gates: list[str] = field(default_factory=list)
+    # With no gates given, check the documented default gates (finite, cosine, SNR, top-1, task bound).
+    default_gates: bool = True
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     baseline: str | None = None  # a previous release's report.json: enables the *_regression gate metrics
     # The reference against itself under a second ORT configuration (2 threads, level "all"):
@@ -139,16 +146,17 @@ class Recipe:
 
 
 _CHOICES = {
-    "precision.mode": ("none", "int8", "fp16", "bf16"),
+    "precision.mode": ("none", "int8", "fp8", "int4-weight", "fp16", "bf16"),
     "precision.target": ("tensorrt", "onnxruntime-cpu"),
     "precision.method": ("max", "percentile", "entropy", "mse"),
+    "precision.int4_method": ("awq", "rtn"),
     "prune.sparsity": (None, "2:4"),
     "prune.method": ("auto", "magnitude", "activation", "obs"),
     "prune.criterion": ("auto", "l1", "l2", "activation"),
     "build.enabled": ("auto", "yes", "no"),
     "validate.latency.ort_level": ("disable", "basic", "extended", "all"),
     "build.builder": (None, "tensorrt", "tensorrt-rtx"),
-    "build.expect": (None, "int8", "fp16", "bf16", "fp8", "fp32"),
+    "build.expect": (None, "int8", "fp16", "bf16", "fp8", "int4", "fp32"),
     "build.hardware_compatibility": (None, "ampere_plus", "same_compute_capability"),
 }
 

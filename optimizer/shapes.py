@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +193,8 @@ class ResolvedShapes:
     extra_profiles: list[ShapeProfile] = field(default_factory=list)  # further explicit profiles
     unresolved: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Further default sizings ONNX Runtime also ran (ladder order), for a builder that refuses the first.
+    alternatives: list[dict[str, Range]] = field(default_factory=list)
 
     def opt(self) -> dict[str, Shape]:
         return {n: s.opt for n, s in self.inputs.items()}
@@ -208,6 +209,13 @@ class ResolvedShapes:
         # Static inputs need no profile entry (and shape-tensor inputs must not get one).
         first = ShapeProfile({n: (s.min, s.opt, s.max) for n, s in self.inputs.items() if s.source != "static"})
         return [first, *self.extra_profiles] if first.shapes else list(self.extra_profiles)
+
+    def with_ranges(self, ranges: Mapping[str, Range], note: str) -> ResolvedShapes:
+        """A copy with ``ranges`` replacing those inputs' ranges (still marked default), and a note."""
+        inputs = dict(self.inputs)
+        for name, (lo, opt, hi) in ranges.items():
+            inputs[name] = InputShape(name, lo, opt, hi, inputs[name].source if name in inputs else "default")
+        return ResolvedShapes(inputs, list(self.extra_profiles), dict(self.unresolved), [*self.notes, note])
 
     def require(self) -> ResolvedShapes:
         """ConfigError (one line: input, dim, flag) when an input has no shape."""
@@ -314,8 +322,11 @@ def resolve_shapes(
     data: Mapping[str, Range] | None = None,
     metadata: Mapping[str, str] | None = None,
     probe: Callable[[dict[str, Shape]], str | None] | None = None,
+    alternatives: int = 0,
 ) -> ResolvedShapes:
     """Resolve every input's min/opt/max (see the module doc for the order).
+
+    ``alternatives``: also find up to this many further default sizings that ``probe`` runs.
 
     ``specs`` are the model's input ``TensorSpec``s; ``data`` the range of shapes per input in the
     data (``ranges_from_data``); ``probe(shapes)`` runs the model on random inputs of those shapes and returns None
@@ -353,8 +364,8 @@ def resolve_shapes(
         _check_against_model(spec, (chosen.min, chosen.opt, chosen.max), chosen.source)
         resolved.inputs[spec.name] = chosen
     if pending:
-        _resolve_defaults(pending, resolved, probe, dims)
-    _check_data_inside(resolved, from_data)
+        _resolve_defaults(pending, resolved, probe, dims, alternatives)
+    _check_data_inside(specs, resolved, from_data, dims)
     resolved.inputs = {s.name: resolved.inputs[s.name] for s in specs if s.name in resolved.inputs}
     return resolved
 
@@ -401,7 +412,9 @@ def _overlay_dims(spec, chosen: InputShape, dims: Mapping[str, DimRange]) -> Inp
     return InputShape(spec.name, tuple(rng[0]), tuple(rng[1]), tuple(rng[2]), chosen.source)
 
 
-def _resolve_defaults(pending: Sequence[Any], resolved: ResolvedShapes, probe, dims: Mapping[str, DimRange]) -> None:
+def _resolve_defaults(
+    pending: Sequence[Any], resolved: ResolvedShapes, probe, dims: Mapping[str, DimRange], alternatives: int = 0
+) -> None:
     """Batch-like dims 1; the rest from DEFAULT_LADDER, the first size ONNX Runtime runs with."""
     sizes: dict[str, DimRange] = {}
     ladder_keys: dict[str, tuple[Any, int]] = {}
@@ -435,10 +448,19 @@ def _resolve_defaults(pending: Sequence[Any], resolved: ResolvedShapes, probe, d
         return out
 
     last = ""
-    for size in DEFAULT_LADDER if ladder_keys else (1,):
+    ladder = DEFAULT_LADDER if ladder_keys else (1,)
+    for index, size in enumerate(ladder):
         ranges = ranges_with(size)
         reason = probe({n: r[1] for n, r in ranges.items()}) if probe is not None else None
         if reason is None:
+            if probe is not None and alternatives:
+                names = [s.name for s in pending]
+                for other in ladder[index + 1:]:
+                    if len(resolved.alternatives) >= alternatives:
+                        break
+                    more = ranges_with(other)
+                    if probe({n: r[1] for n, r in more.items()}) is None:
+                        resolved.alternatives.append({n: more[n] for n in names if n in more})
             for spec in pending:
                 if spec.name in ranges and spec.name not in resolved.unresolved:
                     resolved.inputs[spec.name] = InputShape(spec.name, *ranges[spec.name], "default")
@@ -461,21 +483,25 @@ def _resolve_defaults(pending: Sequence[Any], resolved: ResolvedShapes, probe, d
         resolved.unresolved.setdefault(s.name, message)
 
 
-def _check_data_inside(resolved: ResolvedShapes, data: Mapping[str, Range]) -> None:
-    """Data outside an explicit range would fail on the engine: say so now."""
-    for name, (lo_seen, _, hi_seen) in data.items():
-        chosen = resolved.inputs.get(name)
-        if chosen is None or chosen.source not in ("--shapes", "--dim", "recipe"):
+def _check_data_inside(specs: Sequence[Any], resolved: ResolvedShapes, data: Mapping[str, Range], dims: Mapping[str, DimRange]) -> None:
+    """Data outside an explicit range (--shapes, the recipe, or a --dim) would fail on the engine: say so now."""
+    for spec in specs:
+        chosen = resolved.inputs.get(spec.name)
+        if spec.name not in data or chosen is None:
             continue
-        inside = len(lo_seen) == len(chosen.min) and all(
-            lo <= a and b <= hi for a, b, lo, hi in zip(lo_seen, hi_seen, chosen.min, chosen.max)
-        )
-        if not inside:
-            raise ConfigError(
-                f"the data has input '{name}' with shapes {format_shape(lo_seen)}..{format_shape(hi_seen)}, outside the "
-                f"{chosen.source} range {format_shape(chosen.min)}..{format_shape(chosen.max)}; widen the range, "
-                f"or drop it to take the range from the data"
-            )
+        lo_seen, _, hi_seen = data[spec.name]
+        if len(lo_seen) != len(chosen.min):
+            continue
+        whole = chosen.source in ("--shapes", "--dim", "recipe")
+        for axis, (a, b, lo, hi) in enumerate(zip(lo_seen, hi_seen, chosen.min, chosen.max)):
+            named = spec.shape is not None and isinstance(spec.shape[axis], str) and spec.shape[axis] in dims
+            if (whole or named) and not (lo <= a and b <= hi):
+                source = f"--dim {spec.shape[axis]}" if named else chosen.source
+                raise ConfigError(
+                    f"the data has input '{spec.name}' with shapes {format_shape(lo_seen)}..{format_shape(hi_seen)}, "
+                    f"outside the {source} range {format_shape(chosen.min)}..{format_shape(chosen.max)} (dim {axis}); "
+                    f"widen the range, or drop it to take it from the data"
+                )
 
 
 def resolve_model_shapes(
@@ -486,6 +512,7 @@ def resolve_model_shapes(
     explicit_source: str = "--shapes",
     fingerprints: Sequence[Any] = (),
     probe: bool = True,
+    alternatives: int = 0,
 ) -> ResolvedShapes:
     """``resolve_shapes`` for an onnx-ir model: its inputs, its metadata, and ONNX Runtime as the probe."""
     from optimizer.feeds import ort_probe
@@ -499,4 +526,5 @@ def resolve_model_shapes(
         data=ranges_from_data(*fingerprints),
         metadata=metadata(model),
         probe=ort_probe(model) if probe else None,
+        alternatives=alternatives,
     )

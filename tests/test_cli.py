@@ -161,7 +161,7 @@ def test_help_does_not_import_heavy_modules():
 
 def test_every_command_has_an_example_in_help():
     runner = CliRunner()
-    for command in ("inspect", "optimize", "passes", "quantize", "build", "validate", "report"):
+    for command in ("inspect", "optimize", "passes", "quantize", "prune", "build", "validate", "report", "export", "matrix", "check-engine"):
         result = runner.invoke(main, [command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, command
 

@@ -9,7 +9,6 @@ its reference outputs in ONNX Runtime. Models are materialised into build/corpus
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -31,7 +31,7 @@ from optimizer.engine.parse import check_model_file, is_unreadable, parse_networ
 from optimizer.engine.precision import LayerPrecisionSummary, dtype_name, network_precision
 from optimizer.engine.sparsity import two_four_sparse_weights
 from optimizer.engine.shapes import ShapeProfile, network_inputs, require_profiles
-from optimizer.errors import BuildError, ConfigError, InputError
+from optimizer.errors import BuildError, ConfigError, InputError, UnparsableModel
 from optimizer.model import content_hash, write_files_atomic
 
 SIDECAR_SCHEMA = "trtforge.engine/1"
@@ -271,7 +271,7 @@ def _parse_failure(trt: ModuleType, flavour: str, model: Path, issues: list[Any]
     more = f"; and {len(issues) - 5} more" if len(issues) > 5 else ""
     if is_unreadable(issues):
         return InputError(f"{model} is not a readable ONNX model ({shown}); re-export or re-download it")
-    return BuildError(
+    return UnparsableModel(
         f"{display_name(flavour, trt)} cannot parse {model}: {shown}{more}; replace these ops with standard ONNX ops "
         f"(see `trtforge inspect`) or provide a TensorRT plugin for them"
     )
@@ -283,7 +283,8 @@ def _check_expect(config: BuildConfig, summary: LayerPrecisionSummary, model: Pa
     runs = ", ".join(f"{n} {p}" for p, n in summary.compute_by_precision.items()) or "no compute layers"
     fix = {
         "int8": "insert Q/DQ with `trtforge quantize` first",
-        "fp8": "insert FP8 Q/DQ first",
+        "fp8": "insert FP8 Q/DQ first (trtforge quantize --mode fp8)",
+        "int4": "insert INT4 weight-only DQ first (trtforge quantize --mode int4-weight)",
         "fp16": "convert it with the precision stage (`trtforge optimize --precision fp16`) first",
         "bf16": "cast it to BF16 with the precision stage first",
         "fp32": "build the FP32 model instead",

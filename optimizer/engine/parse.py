@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -63,7 +67,8 @@ def parse_network(trt: ModuleType, model_path: Path, strongly_typed: bool = True
     network = create_network(trt, builder, strongly_typed)
     parser = trt.OnnxParser(network, logger)
     # From the path, not from bytes: the parser then finds external-data files next to it.
-    ok = parser.parse_from_file(str(model_path))
+    with _native_stderr_captured() as native:
+        ok = parser.parse_from_file(str(model_path))
     logger.take()  # parse messages are reported through the parser's own errors
     issues = []
     for i in range(parser.num_errors):
@@ -72,8 +77,36 @@ def parse_network(trt: ModuleType, model_path: Path, strongly_typed: bool = True
         message = one_line(f"{code}: {err.desc()}")
         issues.append(ParseIssue(int(err.node()), err.node_name(), err.node_operator(), message))
     if not ok and not issues:  # never report a failed parse as clean
-        issues.append(ParseIssue(-1, "", "", "the parser failed without saying why"))
+        said = one_line(native.read()) if native.read() else "the parser failed without saying why"
+        issues.append(ParseIssue(-1, "", "", said))
     return Parsed(network, parser, builder, issues)
+
+
+class _Captured:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def read(self) -> str:
+        return self.text
+
+
+@contextmanager
+def _native_stderr_captured():
+    """The ONNX parser's C++ code prints some errors straight to file descriptor 2, past the
+    logger: capture them (they reach the user through the parse issues), so the CLI's one-line
+    rule holds."""
+    captured = _Captured()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", "replace").strip()[:400]
 
 
 def is_unreadable(issues: list[ParseIssue]) -> bool:

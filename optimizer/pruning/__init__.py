@@ -302,10 +302,10 @@ def _check(model: ir.Model, model_path: Path, source, feed, tolerance: float, re
 
 def _prune_channels(model, result, feed, flops, channels, flops_target, source, criterion, reconstruct,
                     exclude, samples, positions, damp, waves, progress) -> None:
-    from calibration.stats import _session_with_outputs
+    from optimizer.runners import session_for
 
     names = [v.name for node in model.graph for v in node.outputs if v.name and isinstance(v.type, ir.TensorType | None)]
-    with _session_with_outputs(model, names) as runner:
+    with session_for(model, outputs=names) as runner:
         outputs = runner.run(feed, names)
     # Sequence and optional values come back as lists: they have no shape to prune by.
     shapes = {k: tuple(v.shape) for k, v in outputs.items() if hasattr(v, "shape")}
