@@ -690,13 +690,13 @@ def _stop_reason(trials: list[FixTrial], sizes: list[int], available: int) -> st
 
 def _reachable(gate: str) -> bool:
     """Whether any model could pass ``gate`` (``min_cosine>=1.01`` cannot): only those are worth re-running for."""
-    from optimizer.gates import _OPS, parse_gate
+    from optimizer.conditions import OPERATORS, parse_gate
 
     name, op, threshold = parse_gate(gate)
     lo, hi = _BOUNDS.get(name, (-math.inf, math.inf))
     if op == "==":
         return lo <= threshold <= hi
-    return bool(_OPS[op](hi if op in (">=", ">") else lo, threshold))
+    return bool(OPERATORS[op](hi if op in (">=", ">") else lo, threshold))
 
 
 def _gap_closed(gates: list[str], before: dict[str, float], after: dict[str, float]) -> float:

@@ -74,8 +74,8 @@ def _check_range(name: str, rng: Any) -> Range:
             f"shape profile for input {name!r}: min, opt and max have different ranks "
             f"({format_shape(lo)}, {format_shape(opt)}, {format_shape(hi)}); give each the input's full shape"
         )
-    if any(d < 0 for d in lo + opt + hi):
-        raise ConfigError(f"shape profile for input {name!r}: dimensions must be >= 0")
+    if any(d < 1 for d in lo + opt + hi):
+        raise ConfigError(f"shape profile for input {name!r}: every dimension must be >= 1")
     for axis, (a, b, c) in enumerate(zip(lo, opt, hi)):
         if not a <= b <= c:
             raise ConfigError(
@@ -87,8 +87,10 @@ def _check_range(name: str, rng: Any) -> Range:
 
 def _parse_dims(text: str, where: str) -> Shape:
     text = text.strip().lower()
+    if text == "scalar":
+        return ()
     try:
-        return () if text in ("", "scalar") else tuple(int(d) for d in text.split("x"))
+        return tuple(int(d) for d in text.split("x"))
     except ValueError:
         raise ConfigError(f"bad shape {text!r} in {where!r}: write dims joined by x, like 1x3x48x320") from None
 
@@ -104,7 +106,7 @@ def parse_shapes(spec: str | Sequence[str]) -> ShapeProfile:
                 continue
             name, sep, ranges = part.rpartition(":")
             name = name.strip()
-            if not sep or not name:
+            if not sep or not name or not ranges.strip():
                 raise ConfigError(
                     f"bad shape spec {part!r}: write input:min,opt,max with dims joined by x, "
                     f"like x:1x3x48x80,1x3x48x320,4x3x48x960 (or x:1x3x48x320 for one shape)"
