@@ -571,15 +571,8 @@ def insert_qdq(
         w_q = _initializer(graph, names.new(f"{weight_name}_{mode}"), q_array)
         s = _initializer(graph, names.new(f"{weight_name}_scale"), scales)
         zp = _initializer(graph, names.new(f"{weight_name}_zero_point"), np.zeros(scales.shape, dtype=q_array.dtype))
-        dq_out = ir.Value(name=names.new(f"{weight_name}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(array.shape))
-        dq = ir.Node(
-            "", "DequantizeLinear", [w_q, s, zp], attributes=[ir.AttrInt64("axis", axis)] if per_channel else [],
-            outputs=[dq_out], name=names.new(f"{weight_name}_DequantizeLinear"),
-        )
-        graph.insert_before(min(users, key=order.__getitem__), dq)
-        for user in users:
-            user.replace_input_with(1, dq_out)
-        _drop_if_unused(graph, w)
+        attributes = [ir.AttrInt64("axis", axis)] if per_channel else []
+        replace_weight_with_dq(graph, w, users, order, names, [w_q, s, zp], attributes, array.shape)
         record.num_dq += 1
         record.quantized_weight_params += int(array.size)
     record.num_dq += _insert_constant_dqs(graph, nodes, plan.const_inputs, names)
@@ -641,6 +634,19 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 
 def _copy_shape(value: ir.Value) -> ir.Shape | None:
     return ir.Shape(value.shape) if value.shape is not None else None
+
+
+def replace_weight_with_dq(graph: ir.Graph, weight: ir.Value, users, order, names, dq_inputs: list, attributes: list, shape) -> None:
+    """Feed ``users`` (input 1) from a new DequantizeLinear of ``dq_inputs`` instead of ``weight``,
+    placed before the first of them; the float weight goes when nothing else reads it."""
+    weight_name = weight.name
+    dq_out = ir.Value(name=names.new(f"{weight_name}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(shape))
+    dq = ir.Node("", "DequantizeLinear", dq_inputs, attributes=attributes, outputs=[dq_out],
+                 name=names.new(f"{weight_name}_DequantizeLinear"))
+    graph.insert_before(min(users, key=order.__getitem__), dq)
+    for user in users:
+        user.replace_input_with(1, dq_out)
+    _drop_if_unused(graph, weight)
 
 
 def _drop_if_unused(graph: ir.Graph, value: ir.Value) -> None:

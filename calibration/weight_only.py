@@ -31,12 +31,12 @@ import onnx_ir as ir
 from calibration.data import bind_source
 from calibration.qdq import (
     _const,
-    _drop_if_unused,
     _ensure_unique_node_names,
     _initializer,
     _int_attr,
     _is_float_activation,
     _NameSource,
+    replace_weight_with_dq,
 )
 from optimizer.runners import session_for
 from optimizer.errors import CalibrationError, ConfigError
@@ -224,16 +224,8 @@ def insert_int4(model: ir.Model, plan: Int4Plan, grams: dict[str, np.ndarray] | 
         q, scales, ratio = quantize_int4_blocks(array, axis, plan.block_size, gram)
         w_q = _initializer(graph, names.new(f"{weight_name}_int4"), q.astype(ml_dtypes.int4))
         s = _initializer(graph, names.new(f"{weight_name}_scale"), scales)
-        dq_out = ir.Value(name=names.new(f"{weight_name}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(array.shape))
-        dq = ir.Node(
-            "", "DequantizeLinear", [w_q, s],
-            attributes=[ir.AttrInt64("axis", axis), ir.AttrInt64("block_size", plan.block_size)],
-            outputs=[dq_out], name=names.new(f"{weight_name}_DequantizeLinear"),
-        )
-        graph.insert_before(min(users, key=order.__getitem__), dq)
-        for user in users:
-            user.replace_input_with(1, dq_out)
-        _drop_if_unused(graph, w)
+        attributes = [ir.AttrInt64("axis", axis), ir.AttrInt64("block_size", plan.block_size)]
+        replace_weight_with_dq(graph, w, users, order, names, [w_q, s], attributes, array.shape)
         record.num_dq += 1
         record.quantized_weight_params += int(array.size)
         record.clip_ratios[weight_name] = round(ratio, 4)
