@@ -305,6 +305,25 @@ def _io_record(network: Any) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def _timing_cache_output(trt, flavour, cfg, cache_path: Path, cache_problem, notes: list[str], outputs: list) -> int | None:
+    """Queue the timing cache for the atomic write and note what it is worth; return its entry count."""
+    blob, entries = _save_timing_cache(cfg, cache_path)
+    if entries == 0:
+        # TensorRT-RTX: the timing cache API is a no-op, and reloading a cache file makes it
+        # look for a GPU, so without one it is always rejected. One clear note, not CUDA noise.
+        notes.append(
+            f"{display_name(flavour, trt)} does not use timing caches (it records no entries"
+            f"{' and could not reload ' + str(cache_path) if cache_problem else ''}); "
+            f"the file is kept but will not speed up builds"
+        )
+    elif cache_problem:
+        notes.append(f"timing cache {cache_path} was not usable ({cache_problem}); it has been rewritten")
+    if blob is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        outputs.append((cache_path, blob))
+    return entries
+
+
 def build_engine(
     model_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -363,20 +382,7 @@ def build_engine(
     engine.parent.mkdir(parents=True, exist_ok=True)
     data = memoryview(serialized)
     if cache_path:
-        blob, entries = _save_timing_cache(cfg, cache_path)
-        if entries == 0:
-            # TensorRT-RTX: the timing cache API is a no-op, and reloading a cache file makes it
-            # look for a GPU, so without one it is always rejected. One clear note, not CUDA noise.
-            notes.append(
-                f"{display_name(flavour, trt)} does not use timing caches (it records no entries"
-                f"{' and could not reload ' + str(cache_path) if cache_problem else ''}); "
-                f"the file is kept but will not speed up builds"
-            )
-        elif cache_problem:
-            notes.append(f"timing cache {cache_path} was not usable ({cache_problem}); it has been rewritten")
-        if blob is not None:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            outputs.append((cache_path, blob))
+        entries = _timing_cache_output(trt, flavour, cfg, cache_path, cache_problem, notes, outputs)
 
     result = BuildResult(
         engine_path=str(engine),
