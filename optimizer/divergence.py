@@ -294,6 +294,23 @@ def _session_from_file(model: ir.Model, names: list[str], tmp: Path) -> OrtRunne
 # ---------------------------------------------------------------- the search
 
 
+def _layer_errors(pairs: list, stats: dict[int, OutputStats], tolerance: Tolerance) -> list[LayerError]:
+    """One record per compared tensor, in graph order, marked where it is beyond ``tolerance``."""
+    layers = []
+    for i, p in enumerate(pairs):
+        if i not in stats:
+            continue
+        s = stats[i].result()
+        layers.append(
+            LayerError(
+                order=p.order, node=p.node, op_type=p.op_type, tensor=p.ref_name, candidate_tensor=p.cand_name, kind=p.kind,
+                snr_db=s["snr_db"], cosine_min=s["cosine_min"], max_rel=s["max_rel"], mean_abs=s["mean_abs"],
+                nonfinite=s["nonfinite"], diverges=tolerance.diverges(s),
+            )
+        )
+    return layers
+
+
 def find_divergence(
     reference: str | Path,
     candidate: str | Path,
@@ -372,18 +389,7 @@ def find_divergence(
             if progress:
                 progress(c + 1)
 
-    layers = []
-    for i, p in enumerate(pairs):
-        if i not in stats:
-            continue
-        s = stats[i].result()
-        layers.append(
-            LayerError(
-                order=p.order, node=p.node, op_type=p.op_type, tensor=p.ref_name, candidate_tensor=p.cand_name, kind=p.kind,
-                snr_db=s["snr_db"], cosine_min=s["cosine_min"], max_rel=s["max_rel"], mean_abs=s["mean_abs"],
-                nonfinite=s["nonfinite"], diverges=tolerance.diverges(s),
-            )
-        )
+    layers = _layer_errors(pairs, stats, tolerance)
     first = next((layer for layer in layers if layer.diverges and layer.kind != "local"), None)
     recommend, reason = _recommend(first, layers, cand_model, quantized_inputs)
     return DivergenceResult(

@@ -151,16 +151,7 @@ def find_groups(model: ir.Model, shapes: dict[str, tuple[int, ...]], exclude: li
             params.setdefault(out.name, []).extend(ParamRef(node, i, 0) for i in range(1, 5))
             continue
         if op in CHANNELWISE_UNARY and spatial(out) and len(data) == 1 and data[0] is node.inputs[0] and len(node.outputs) == 1:
-            ok = True
-            if op in ("Resize", "Upsample"):
-                scales = const_array(node.inputs[2]) if len(node.inputs) > 2 else const_array(node.inputs[1]) if op == "Upsample" else None
-                sizes = const_array(node.inputs[3]) if len(node.inputs) > 3 else None
-                ok = sizes is None and scales is not None and scales.size == 4 and scales[1] == 1
-            elif op == "Cast":
-                ok = False  # a dtype change mid-group: leave it alone
-            else:
-                ok = all(const_array(v) is None or const_array(v).size == 1 for v in node.inputs[1:] if v is not None)
-            if ok:
+            if _keeps_channels(node):
                 uf.union(node.inputs[0].name, out.name)
                 continue
         if op in ELEMENTWISE and spatial(out) and len(node.outputs) == 1:
@@ -182,7 +173,22 @@ def find_groups(model: ir.Model, shapes: dict[str, tuple[int, ...]], exclude: li
         for v in node.outputs:
             pin(v, f"produced by {why}")
 
-    # Collect components.
+    return _collect_groups(shapes, uf, roots, depthwise, params, consumers, pins)
+
+def _keeps_channels(node: ir.Node) -> bool:
+    """A channel-wise unary op passes channels through unchanged (ties its input and output)."""
+    op = node.op_type
+    if op in ("Resize", "Upsample"):
+        scales = const_array(node.inputs[2]) if len(node.inputs) > 2 else const_array(node.inputs[1]) if op == "Upsample" else None
+        sizes = const_array(node.inputs[3]) if len(node.inputs) > 3 else None
+        return sizes is None and scales is not None and scales.size == 4 and scales[1] == 1
+    if op == "Cast":
+        return False  # a dtype change mid-group: leave it alone
+    return all(const_array(v) is None or const_array(v).size == 1 for v in node.inputs[1:] if v is not None)
+
+
+def _collect_groups(shapes, uf, roots, depthwise, params, consumers, pins) -> list[ChannelGroup]:
+    """The union-find components that hold a pruned layer or a reader, with everything tied to them."""
     by_root: dict[str, ChannelGroup] = {}
     for name in shapes:
         if len(shapes[name]) != 4:
@@ -203,3 +209,4 @@ def find_groups(model: ir.Model, shapes: dict[str, tuple[int, ...]], exclude: li
         if g.roots and not g.consumers and not g.pinned:
             g.pinned.append("no layer reads these channels")
     return groups
+
