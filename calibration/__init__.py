@@ -127,7 +127,7 @@ def quantize(
     else:
         target_format(target, mode)
     if method not in COLLECTORS:
-        raise ConfigError(f"calibration method '{method}' is not available yet; choose one of {sorted(COLLECTORS)}")
+        raise ConfigError(f"calibration method '{method}' is unknown; choose one of {sorted(COLLECTORS)}")
     if opset_min < MIN_OPSET:
         raise ConfigError(f"opset_min must be >= {MIN_OPSET} (per-channel DequantizeLinear), got {opset_min}")
     opset_min = max(opset_min, {"fp8": FP8_MIN_OPSET, "int4-weight": INT4_MIN_OPSET}.get(mode, MIN_OPSET))

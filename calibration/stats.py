@@ -153,7 +153,7 @@ def collect_ranges(
     ``progress(done)`` is called after each sample.
     """
     if method not in COLLECTORS:
-        raise ConfigError(f"calibration method '{method}' is not available yet; choose one of {sorted(COLLECTORS)}")
+        raise ConfigError(f"calibration method '{method}' is unknown; choose one of {sorted(COLLECTORS)}")
     if not isinstance(model, ir.Model):
         model = load_model(model)
     graph_inputs = {v.name for v in model.graph.inputs}

@@ -52,17 +52,6 @@ class PassRecord:
     #: Set when the pass raised, broke the signature or changed the outputs: it was rolled back.
     warning: str | None = None
 
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "modified": self.modified,
-            "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after,
-            "seconds": round(self.seconds, 4),
-            "notes": list(self.notes),
-            "refusals": list(self.refusals),
-            "warning": self.warning,
-        }
 
 
 def _registry() -> dict[str, type[GraphPass]]:

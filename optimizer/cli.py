@@ -640,7 +640,8 @@ def check_engine(engine: Path) -> None:
 @main.command()
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), required=True, help="The FP32 model to compare against.")
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Validation data folder (.npz/.npy, labels.json).")
+@click.option("--val", "data", type=click.Path(path_type=Path), default=None, help="Validation data folder (.npz/.npy, labels.json).")
+@click.option("--data", "legacy_data", type=click.Path(path_type=Path), default=None, hidden=True, help="Old spelling of --val (one release).")
 @click.option("--metric", default=None, help="Task metric 'file.py:function' (executes that file).")
 @click.option("--gate", "gates", multiple=True, help="e.g. 'cer_increase<=0.5' (repeatable); replaces the default gates.")
 @click.option("--no-default-gates", is_flag=True, help="Without --gate, check no gate at all (report only; exits 0).")
@@ -657,7 +658,7 @@ def check_engine(engine: Path) -> None:
 @_shape_options
 @click.option("--json", "as_json", is_flag=True)
 @_handle_errors
-def validate(candidate, reference, data, metric, gates, no_default_gates, threads, iterations, no_latency, report_path, baseline,
+def validate(candidate, reference, data, legacy_data, metric, gates, no_default_gates, threads, iterations, no_latency, report_path, baseline,
              junit_path, html_path, divergence, shapes, dims, as_json) -> None:
     """Compare a candidate ONNX model with the FP32 reference on real data; gate the result.
 
@@ -675,7 +676,7 @@ def validate(candidate, reference, data, metric, gates, no_default_gates, thread
 
     \b
     Example:
-      trtforge validate model.int8.onnx --reference model.opt.onnx --data data/val \\
+      trtforge validate model.int8.onnx --reference model.opt.onnx --val data/val \\
           --metric metric.py:cer --gate "cer_increase<=1.0" --baseline last/report.json \\
           --gate "cer_regression<=0.2" --junit junit.xml --html report.html
     """
@@ -683,6 +684,9 @@ def validate(candidate, reference, data, metric, gates, no_default_gates, thread
     from optimizer.pipeline import validate_only
     from optimizer.report import print_summary
 
+    data = data or legacy_data
+    if data is None:
+        raise ConfigError("give the validation data: --val DIR (a folder of .npz/.npy samples, optionally labels.json)")
     if shapes or dims:  # the data must fit the ranges the deployment will serve
         from optimizer.model import input_specs, load_model
 

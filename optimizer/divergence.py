@@ -477,23 +477,6 @@ def divergence_to_dict(result: DivergenceResult) -> dict[str, Any]:
     return data
 
 
-def layer_table(result: DivergenceResult, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows for reports: the node outputs in order, with their divergence flag."""
-    rows = [
-        {
-            "order": layer.order,
-            "node": layer.node,
-            "op": layer.op_type,
-            "tensor": layer.tensor + (" (Q/DQ)" if layer.kind == "requantized" else ""),
-            "snr_db": layer.snr_db,
-            "cosine_min": layer.cosine_min,
-            "diverges": layer.diverges,
-        }
-        for layer in result.layers
-    ]
-    return rows[:limit] if limit else rows
-
-
 def exclude_hint(result: DivergenceResult) -> str:
     if not result.recommend_exclude:
         return ""

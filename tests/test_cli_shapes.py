@@ -196,3 +196,13 @@ def test_a_stage_that_fails_late_takes_this_runs_artifacts_with_it(tmp_path):
     build = next(s for s in report["stages"] if s["name"] == "build")
     assert build["status"] == "skipped" and "cannot parse" in build["reason"] and "Mystery" in build["reason"]
     assert any(w.startswith("build skipped") for w in report["warnings"])
+
+
+def test_validate_takes_val_like_every_other_command_and_still_reads_data(tmp_path):
+    model = _dynamic_conv(tmp_path / "m.onnx")
+    data = _data(tmp_path / "val", [(1, 4, 16, 24)])
+    for flag in ("--val", "--data"):  # --data: the old spelling, kept hidden for one release
+        result = CliRunner().invoke(main, ["validate", str(model), "--reference", str(model), flag, str(data), "--no-latency"])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["validate", str(model), "--reference", str(model), "--no-latency"])
+    assert result.exit_code == 2 and "--val DIR" in result.output

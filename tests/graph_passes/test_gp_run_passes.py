@@ -1,5 +1,6 @@
 """run_passes and the pass library's contract: names, order, records, errors, rollback."""
 
+import dataclasses
 import importlib
 from collections import Counter
 import inspect
@@ -133,7 +134,7 @@ def test_a_failing_pass_is_rolled_back_named_and_the_run_goes_on():
     assert [r.name for r in records] == ["remove_identity", "crash", "remove_dropout"]
     crash = records[1]
     assert not crash.modified and "'crash'" in crash.warning and "boom" in crash.warning
-    assert crash.to_dict()["warning"] == crash.warning
+    assert dataclasses.asdict(crash)["warning"] == crash.warning
     assert records[0].warning is None and records[2].modified
     # The crash was undone; the passes around it stayed applied.
     assert op_counts(model) == before - Counter({"Identity": 2, "Dropout": 1})
@@ -187,7 +188,7 @@ def test_explain_records_why_a_rule_refused():
     (record,) = run_passes(parse(EXPLAINED), ["fold_conv_affine"], explain=True)
     assert not record.modified
     assert record.refusals == ["Add '': the Conv output is also read elsewhere"]
-    assert record.to_dict()["refusals"] == record.refusals
+    assert dataclasses.asdict(record)["refusals"] == record.refusals
 
 
 def test_import_is_light():
