@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -56,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.corpus_models import CONFORMANCE, CORPUS, FAMILIES, CorpusModel, iter_corpus, load_reference  # noqa: E402
+from optimizer.model import file_sha256  # noqa: E402
 
 STATUSES = ("ok", "gate", "refused", "wrong", "crash")
 PASSES_TIMEOUT = 300.0
@@ -189,17 +189,9 @@ def check_written(original: Path, written: Path, model: CorpusModel) -> tuple[st
     return "ok", "", checked
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _finish(outcome: Outcome, model: CorpusModel, out: Path, digest: str) -> Outcome:
     """Contract checks shared by both paths, then the reference check of what was written."""
-    if _sha256(model.path) != digest:
+    if file_sha256(model.path) != digest:
         outcome.status, outcome.reason = "crash", f"the input model was modified. {outcome.reason}".strip()
     elif outcome.status == "refused" and out.exists() and (out.is_file() or any(out.iterdir())):
         outcome.status, outcome.reason = "crash", f"refused but left output behind in {out.name}: {outcome.reason}"
@@ -228,7 +220,7 @@ def run_command(model: CorpusModel, command: str, work: Path, *, timeout: float,
     """``trtforge passes MODEL -o OUT`` or ``trtforge optimize MODEL -o OUT --synthetic``, classified."""
     out = work / ("passes.onnx" if command == "passes" else "optimize")
     args = ["passes", str(model.path), "-o", str(out)] if command == "passes" else ["optimize", str(model.path), "-o", str(out), "--synthetic"]
-    digest = _sha256(model.path)
+    digest = file_sha256(model.path)
     start = time.perf_counter()
     timed_out = None
     with tempfile.TemporaryFile() as err:
@@ -255,7 +247,7 @@ def passes_in_process(model: CorpusModel, work: Path) -> Outcome:
     from optimizer.cli import main
 
     out = work / "passes.onnx"
-    digest = _sha256(model.path)
+    digest = file_sha256(model.path)
     start = time.perf_counter()
     with np.errstate(all="warn"):
         result = CliRunner().invoke(main, ["passes", str(model.path), "-o", str(out)])

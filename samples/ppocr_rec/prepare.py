@@ -17,7 +17,6 @@ never leaves a half-written ``data/`` behind that a later run would trust.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from optimizer.errors import ConfigError, InputError, TrtforgeError
+from optimizer.model import file_sha256
 from samples.ppocr_rec import render
 from samples.ppocr_rec.metric import charset_from_metadata
 from samples.ppocr_rec.preprocess import preprocess
@@ -68,14 +68,6 @@ def read_charset(model: Path) -> list[str]:
     return charset_from_metadata({p.key: p.value for p in proto.metadata_props})
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -92,7 +84,7 @@ def _read_json(path: Path) -> object:
 
 def copy_model(src: Path, dest: Path) -> bool:
     """Copy unless ``dest`` already holds the same bytes; True when a copy was written."""
-    if dest.is_file() and _sha256(dest) == _sha256(src):
+    if dest.is_file() and file_sha256(dest) == file_sha256(src):
         return False
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.copyfile(src, tmp)
@@ -145,7 +137,7 @@ def prepare(out: Path, calib: int = 64, val: int = 200, seed: int = 0, log: Call
     manifest = {
         "format": DATA_FORMAT,
         "params": {"calib": calib, "val": val, "seed": seed},
-        "model_sha256": _sha256(model),
+        "model_sha256": file_sha256(model),
         "versions": {d: _version(d) for d in ("numpy", "pillow", "matplotlib", "rapidocr-onnxruntime")},
         "input": INPUT_NAME,
     }
