@@ -51,11 +51,9 @@ def _print_shape_sources(shapes: dict | None) -> None:
     """One line: each input's range and where it came from (flags, recipe, data, metadata, default)."""
     if not shapes or not shapes.get("inputs"):
         return
-    parts = []
-    for name, s in shapes["inputs"].items():
-        lo, hi = "x".join(map(str, s["min"])), "x".join(map(str, s["max"]))
-        parts.append(f"{name} {lo if lo == hi else lo + '..' + hi} ({s['source']})")
-    _out.print("shapes: " + ", ".join(parts), markup=False)
+    from optimizer.shapes import describe_inputs
+
+    _out.print("shapes: " + describe_inputs(shapes["inputs"]), markup=False)
 
 
 def _shape_options(fn):

@@ -61,9 +61,6 @@ class ShapeProfile:
     def spec(self) -> str:
         return ";".join(f"{n}:{','.join(format_shape(s) for s in r)}" for n, r in self.shapes.items())
 
-    def opt(self) -> dict[str, Shape]:
-        return {name: rng[1] for name, rng in self.shapes.items()}
-
 
 def _check_range(name: str, rng: Any) -> Range:
     if len(rng) != 3:
@@ -234,12 +231,17 @@ class ResolvedShapes:
         }
 
     def describe(self) -> str:
-        """One line for a summary: ``x 1x3x48x320 (data), ids 1x16..8x512 (--dim)``."""
-        parts = []
-        for n, s in self.inputs.items():
-            rng = format_shape(s.opt) if s.min == s.max else f"{format_shape(s.min)}..{format_shape(s.max)}"
-            parts.append(f"{n} {rng} ({s.source})")
-        return ", ".join(parts)
+        return describe_inputs({n: s.to_dict() for n, s in self.inputs.items()})
+
+
+def describe_inputs(inputs: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line for a summary, from ``ResolvedShapes.to_dict()["inputs"]`` (also as saved in a
+    report): ``x 1x3x48x320 (data), ids 1x16..8x512 (--dim)``."""
+    parts = []
+    for name, s in inputs.items():
+        lo, hi = format_shape(s["min"]), format_shape(s["max"])
+        parts.append(f"{name} {lo if lo == hi else lo + '..' + hi} ({s['source']})")
+    return ", ".join(parts)
 
 
 def _is_dynamic(dim: Any) -> bool:
