@@ -47,7 +47,8 @@ class PassRecord:
     nodes_after: int
     seconds: float
     notes: list[str] = field(default_factory=list)
-    #: With ``explain``: one line per node a rule matched but refused, with the reason.
+    #: With ``explain``: one line per node the pass matched but refused, with the reason
+    #: (without it, only the count, as a note).
     refusals: list[str] = field(default_factory=list)
     #: Set when the pass raised, broke the signature or changed the outputs: it was rolled back.
     warning: str | None = None
@@ -136,10 +137,10 @@ def run_passes(
     raised with the model as it was before that pass.
 
     With ``explain`` each record lists, per node a pass's pattern matched but its check
-    refused, the reason. ``opset`` first upgrades the model with onnx's version converter
-    (``convert_opset``), treated like a pass. ``specialize`` pins the named inputs' dynamic
-    dims first (static-shape specialisation: ``{"x": (1, 3, 48, 320)}``); the model then
-    runs at those shapes only.
+    refused, the reason (``refusals``); either way a note counts them. ``opset`` first
+    upgrades the model with onnx's version converter (``convert_opset``), treated like a
+    pass. ``specialize`` pins the named inputs' dynamic dims first (static-shape
+    specialisation: ``{"x": (1, 3, 48, 320)}``); the model then runs at those shapes only.
     """
     plan = _plan(names, skip, opset)
     records: list[PassRecord] = []
@@ -252,8 +253,8 @@ class _Run:
             )
         notes = list(getattr(pass_, "notes", []))
         refusals = list(getattr(pass_, "refusals", []))
-        if refusals and not self.explain:
-            notes.append(f"refused {len(refusals)} matches (explain=True says why)")
+        if refusals:
+            notes.append(_refusal_note(len(refusals), self.explain))
         return PassRecord(
             name=name,
             modified=result.modified,
@@ -293,6 +294,18 @@ class _Run:
     def mark_verified(self) -> None:
         """Everything applied so far is checked: later bisections start from here."""
         self.history.clear()
+
+
+def _refusal_note(count: int, explain: bool) -> str:
+    """The one summary of a pass's refusals (``GraphPass.refuse``): how many, and where the reasons are.
+
+    Passes never summarise their own refusals; the per-node lines go to ``PassRecord.refusals``
+    with ``explain`` only, so without it this note is the whole story and says how to get the rest.
+    """
+    matches = "match" if count == 1 else "matches"
+    if explain:
+        return f"refused {count} {matches}; each is listed with its reason"
+    return f"refused {count} {matches} (explain=True, or --explain, lists which and why)"
 
 
 def _verify_end(run: _Run, verifier: Verifier) -> tuple[_Step, VerificationError] | None:

@@ -3,8 +3,10 @@
 A pass is an ``onnx_ir.passes.InPlacePass`` with a unique ``name``, a one-line docstring
 (its description in ``available_passes()``) and a ``preconditions`` sentence. Refusals of
 single nodes (a Dropout whose mask is used, a Conv whose weight is shared) are not errors:
-the pass leaves that node alone and says why in ``notes``, which ``run_passes`` copies into
-the pass's record.
+the pass leaves that node alone and calls ``refuse(node, reason)``, the one way to say so.
+``run_passes`` turns them into the record's count note and, with ``explain``, its per-node
+``refusals``; passes never write their own "kept N" notes. ``notes`` are for what the pass
+did (folded, removed) and for why it did not run at all.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ class GraphPass(ir.passes.InPlacePass):
         super().__init__()
         self.notes: list[str] = []
         self.refusals: list[str] = []
-        self._refused: set[str] = set()
+        self._refused: set[tuple[ir.Node, str]] = set()
 
-    #: Record one line per refused node (``refuse``); set by ``run_passes(explain=True)``.
+    #: Set by ``run_passes(explain=True)``. ``refuse`` records either way (the record then
+    #: keeps the lines or only their count); a project's own pass whose reasons are costly to
+    #: find may look for them only when it is set. The library's passes always look.
     explain: bool = False
 
     @classmethod
@@ -56,21 +60,32 @@ class GraphPass(ir.passes.InPlacePass):
     def __call__(self, model_or_result, /):
         self.notes = []
         self.refusals = []
-        self._refused: set[str] = set()
+        self._refused = set()
         return super().__call__(model_or_result)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
 
     def refuse(self, node: ir.Node, reason: str) -> None:
-        """A node matched this pass's pattern but a precondition failed: say which and why."""
-        line = f"{node.op_type} '{node.name}': {reason}"
-        if line not in self._refused:  # passes that sweep to a fixed point see a node again
-            self._refused.add(line)
-            self.refusals.append(line)
+        """A node matched this pass's pattern but a precondition failed: say which and why.
+
+        Once per node and reason: passes that sweep to a fixed point see a node again. Keyed
+        by the node itself, not its name, so two unnamed nodes refused alike both count.
+        """
+        if (node, reason) not in self._refused:
+            self._refused.add((node, reason))
+            self.refusals.append(f"{_node_label(node)}: {reason}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _node_label(node: ir.Node) -> str:
+    """``Add 'add_3'``; an unnamed node by its first output: ``Add (unnamed, output 'y')``."""
+    if node.name:
+        return f"{node.op_type} '{node.name}'"
+    output = node.outputs[0].name if node.outputs else None
+    return f"{node.op_type} (unnamed, output '{output}')" if output else f"{node.op_type} (unnamed)"
 
 
 def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:

@@ -7,11 +7,12 @@ from collections import Counter
 import onnx_ir as ir
 
 
-def apply_rules(model: ir.Model, rules, *, explain: bool = True) -> tuple[Counter, list[str]]:
+def apply_rules(model: ir.Model, rules, *, explain: bool = True) -> tuple[Counter, list[tuple[ir.Node, str]]]:
     """Apply ``rules`` (onnxscript ``RewriteRule`` objects) everywhere in ``model``.
 
     Returns how often each rule fired and (with ``explain``), for nodes that matched a
-    rule's pattern but failed its check, one line per node with the rule's own reason.
+    rule's pattern but failed its check, ``(node, reason)`` pairs with the rule's own reason,
+    for the caller's ``GraphPass.refuse``.
     """
     from onnxscript.rewriter import RewriteRuleSet
 
@@ -24,25 +25,19 @@ def apply_rules(model: ir.Model, rules, *, explain: bool = True) -> tuple[Counte
     return fired, (explain_refusals(model, rules) if explain else [])
 
 
-def explain_refusals(model: ir.Model, rules) -> list[str]:
-    """Dry-run ``rules`` (nothing changes) and collect the reasons of failed checks."""
+def explain_refusals(model: ir.Model, rules) -> list[tuple[ir.Node, str]]:
+    """Dry-run ``rules`` (nothing changes) and collect ``(node, reason)`` for failed checks."""
     from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRuleSet
 
-    reasons: list[str] = []
-    seen: set[tuple[int, str]] = set()
+    refusals: list[tuple[ir.Node, str]] = []
 
     class _Collect(MatchingTracer):
         def log(self, rule, container, node, match_result, status) -> None:  # noqa: D401
-            if status != MatchStatus.CONDITION_FAILED:
-                return
-            key = (id(node), str(match_result.reason))
-            if key in seen:
-                return
-            seen.add(key)
-            reasons.append(f"{node.op_type} '{node.name}': {match_result.reason or 'check failed'}")
+            if status == MatchStatus.CONDITION_FAILED:
+                refusals.append((node, str(match_result.reason or "check failed")))
 
     RewriteRuleSet(list(rules)).apply_to_model(model, tracer=_Collect())
-    return reasons
+    return refusals
 
 
 def _rule_name(rule) -> str:
@@ -69,6 +64,8 @@ class RulePass:
     Subclasses give ``rules(model)`` (an empty list means "not applicable here"; say why with
     ``self.note``) and set ``reads_shapes`` when a rule's check reads tensor shapes: then
     shapes are re-inferred from the graph inputs first and declared ones are not trusted.
+    Refused matches are always looked for (one dry run, about as cheap as the rewrite), so
+    every record counts them, with ``explain`` or without.
     """
 
     reads_shapes = False
@@ -87,10 +84,11 @@ class RulePass:
 
             with untrusted_shapes(model):
                 infer_shapes(model)
-                fired, refusals = apply_rules(model, rules, explain=self.explain)
+                fired, refusals = apply_rules(model, rules)
         else:
-            fired, refusals = apply_rules(model, rules, explain=self.explain)
-        self.refusals.extend(refusals)
+            fired, refusals = apply_rules(model, rules)
+        for node, reason in refusals:
+            self.refuse(node, reason)
         if fired:
             self.note(f"fused {sum(fired.values())} ({summarize_counts(fired)})")
         return ir.passes.PassResult(model, modified=bool(fired))

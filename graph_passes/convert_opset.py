@@ -48,12 +48,10 @@ class ConvertOpset(GraphPass):
         onnx.checker.check_model(converted)
         new = ir.from_proto(converted)
         del proto, converted
-        kept = 0
         for name, value in new.graph.initializers.items():
             old = tensors.get(name)
             if old is not None and value.const_value is not None and value.const_value.shape == old.shape:
                 value.const_value = old  # the original tensor object (memory-mapped stays mapped)
-                kept += 1
         model.graph = new.graph
         model.ir_version = max(model.ir_version, new.ir_version)
         self.note(f"opset {current} -> {self.target} (onnx version converter)")

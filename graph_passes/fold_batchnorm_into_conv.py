@@ -53,13 +53,15 @@ class FoldBatchnormIntoConv(GraphPass):
         if model.ir_version < 4:
             self.note(f"skipped: IR version {model.ir_version} < 4 needs every initializer to be a graph input")
             return ir.passes.PassResult(model, modified=False)
-        rules = _inference_mode_rules()
-        fired, refusals = apply_rules(model, rules)
+        # apply_rules dry-runs the rules for their reasons; a BatchNormalization no rule matched gets one too.
+        fired, refusals = apply_rules(model, _inference_mode_rules())
         total = sum(fired.values())
         if total:
             self.note(f"folded {total} BatchNormalization ({', '.join(f'{k} x{v}' for k, v in fired.items())})")
-        left = sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "BatchNormalization")
-        if left:
-            why = "; ".join(refusals[:5]) if refusals else "no Conv/ConvTranspose/Gemm feeds it alone"
-            self.note(f"kept {left} BatchNormalization: {why}")
+        for node, reason in refusals:
+            self.refuse(node, reason)
+        explained = {node for node, _ in refusals}
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.op_type == "BatchNormalization" and node not in explained:
+                self.refuse(node, "no Conv/ConvTranspose/Gemm feeds it alone")
         return ir.passes.PassResult(model, modified=bool(total))

@@ -68,8 +68,8 @@ def _capped_folder_class():
             self.opset = opset
             self.folded: Counter = Counter()
             self.folded_weights: Counter = Counter()
-            self.refused_large: list[str] = []
-            self.evaluator_errors: list[str] = []
+            #: (node, reason) per node left unfolded, for ``GraphPass.refuse`` once the fold is kept.
+            self.refused: list[tuple[ir.Node, str]] = []
 
         def process_node(self, node: ir.Node, is_function: bool):
             # onnxscript rewrites these into Unsqueeze/Squeeze/Split with axes or split as an
@@ -83,13 +83,12 @@ def _capped_folder_class():
                 # with a split of known shape but unknown value): leave the node, fold the rest.
                 if not str(exc).startswith("Error during constant folding for node"):
                     raise
-                self.evaluator_errors.append(f"{node.op_type} '{node.name}' ({type(exc.__cause__).__name__})")
+                self.refused.append((node, f"onnxscript's folder failed on it ({type(exc.__cause__).__name__})"))
                 return None
 
         def _refuse_large(self, node: ir.Node, nbytes: int) -> None:
-            line = f"{node.op_type} '{node.name}' ({nbytes / 2**20:.1f} MiB)"
-            if line not in self.refused_large:  # the folder may ask twice about a node
-                self.refused_large.append(line)
+            reason = f"its folded tensor would be {_size(nbytes)}, over the {_size(self.max_tensor_bytes)} cap"
+            self.refused.append((node, reason))
 
         def _should_fold(self, node: ir.Node) -> bool | None:
             if node in self.weight_cone or _relayout_of_dying_weight(node):
@@ -189,13 +188,8 @@ class FoldConstants(GraphPass):
 
         folded = sum(folder.folded.values())
         self.note(f"folded {folded} nodes" + (f" ({summarize_counts(folder.folded)})" if folded else ""))
-        if folder.refused_large:
-            self.note(
-                f"left {len(folder.refused_large)} nodes unfolded over the {self.max_tensor_bytes / 2**20:.2f} MiB "
-                "cap: " + ", ".join(folder.refused_large[:5])
-            )
-        if folder.evaluator_errors:
-            self.note(f"left {len(folder.evaluator_errors)} nodes onnxscript's folder failed on: " + ", ".join(folder.evaluator_errors[:5]))
+        for node, reason in folder.refused:  # the folder may ask twice about a node: refuse() keeps one
+            self.refuse(node, reason)
         if dead or lifted:
             self.note(f"removed {dead} dead nodes; {lifted} folded Constant nodes became initializers")
         weights = sum(folder.folded_weights.values())
@@ -310,6 +304,11 @@ _NEVER_FOLD = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
      "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 )
+
+
+def _size(nbytes: int) -> str:
+    """``1.5 MiB`` or ``4.0 KiB``: a cap below a MiB (tests, tight budgets) still reads right."""
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
 def _tensor_bytes(value: ir.Value) -> int:

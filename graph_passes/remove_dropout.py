@@ -67,7 +67,6 @@ class RemoveDropout(GraphPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = opset_of(model)
         removed = 0
-        kept: list[str] = []
         for graph_like in (model.graph, *model.functions.values()):
             version = graph_like.opset_imports.get("", opset) if isinstance(graph_like, ir.Function) else opset
             for node in ir.traversal.RecursiveGraphIterator(graph_like):
@@ -75,14 +74,12 @@ class RemoveDropout(GraphPass):
                     continue
                 reason = inference_refusal(node, version)
                 if reason is not None:
-                    kept.append(f"'{node.name or node.outputs[0].name}': {reason}")
+                    self.refuse(node, reason)
                     continue
                 self._replace_with_identity(node)
                 removed += 1
         if removed:
             self.note(f"removed {removed} Dropout")
-        if kept:
-            self.note(f"kept {len(kept)} Dropout: " + "; ".join(kept[:5]))
         return ir.passes.PassResult(model, modified=bool(removed))
 
     @staticmethod

@@ -17,6 +17,8 @@ broadcasting it cannot change the other operand's shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -35,7 +37,7 @@ _NEUTRAL_OPERANDS = (
 )
 
 
-def _neutral_operand_rule(op_type: str, neutral: int, constant_first: bool, refused: dict):
+def _neutral_operand_rule(op_type: str, neutral: int, constant_first: bool, refuse: Callable[[ir.Node, str], None]):
     from onnxscript.rewriter import RewriteRuleClassBase
     from onnxscript.rewriter._basics import MatchResult
 
@@ -59,7 +61,7 @@ def _neutral_operand_rule(op_type: str, neutral: int, constant_first: bool, refu
                 return result
             else:
                 reason = why
-            refused[(id(node), reason)] = f"{node.op_type} '{node.name}': {reason}"
+            refuse(node, reason)
             return result.fail(reason)
 
         def rewrite(self, op, x, c):
@@ -146,7 +148,8 @@ def _noop_reshape_rule():
     return NoopReshape.rule(name="noop_reshape")
 
 
-def noop_rules(refused: dict) -> list:
+def noop_rules(refuse: Callable[[ir.Node, str], None]) -> list:
+    """The no-op rules; the arithmetic ones report near misses worth a reason to ``refuse``."""
     from onnxscript.rewriter.rules.common import (
         collapse_slice2_rule,
         collapse_slice_rule,
@@ -158,7 +161,7 @@ def noop_rules(refused: dict) -> list:
     )
 
     return [
-        *(_neutral_operand_rule(op, n, first, refused) for op, n, first in _NEUTRAL_OPERANDS),
+        *(_neutral_operand_rule(op, n, first, refuse) for op, n, first in _NEUTRAL_OPERANDS),
         no_op_cast_rule,  # Cast to the dtype it already has
         no_op_expand_rule,  # Expand to the shape it already has (shapes re-inferred first)
         no_op_transpose_rule,  # perm = (0, 1, ..., n-1)
@@ -186,8 +189,7 @@ class RemoveNoopOps(GraphPass):
     max_rounds = 4
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        refused: dict = {}
-        step = RuleStep(noop_rules(refused))
+        step = RuleStep(noop_rules(self.refuse))
         # Expand's rule compares against the input's shape: trust inferred shapes only.
         with untrusted_shapes(model):
             infer_shapes(model)
@@ -197,6 +199,4 @@ class RemoveNoopOps(GraphPass):
         fired = step.fired
         if fired:
             self.note(f"removed {sum(fired.values())} no-ops ({summarize_counts(fired)})")
-        if refused:
-            self.note(f"kept {len(refused)}: " + "; ".join(list(refused.values())[:5]))
         return ir.passes.PassResult(model, modified=result.modified)

@@ -33,10 +33,23 @@ def test_explain_prints_refusals_and_opset_upgrades(tmp_path):
     assert result.exit_code == 0, result.output
     assert "convert_opset" in result.output and "opset 13 -> 17" in result.output
     # The Conv's output also feeds Relu: the Add stays, and --explain says why.
-    assert "the Conv output is also read elsewhere" in result.output
+    assert "Add (unnamed, output 'y'): the Conv output is also read elsewhere" in result.output
+    assert "refused 1 match; each is listed with its reason" in result.output
     optimized = load_model(out)
     assert optimized.opset_imports[""] == 17
     assert op_counts(optimized)["HardSwish"] == 1  # opset 17 allows HardSwish
+
+
+def test_json_without_explain_counts_refusals_and_lists_none(tmp_path):
+    import json
+
+    src = save_model(_model(), tmp_path / "m.onnx")
+    args = ["passes", str(src), "-o", str(tmp_path / "o.onnx"), "--passes", "fold_conv_affine", "--no-verify", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.output)["passes"]
+    assert record["name"] == "fold_conv_affine" and record["refusals"] == []
+    assert record["notes"] == ["refused 1 match (explain=True, or --explain, lists which and why)"]
 
 
 def test_opset_downgrade_is_a_clean_config_error(tmp_path):

@@ -75,10 +75,13 @@ def _conv_bn(extra_inputs="", body_tail="", opset=15, bn_attrs="", outputs="floa
 @pytest.mark.parametrize(
     "model, reason",
     [
-        # Conv output also read elsewhere: removing the Conv is not possible.
-        (_conv_bn(body_tail="z = Relu(h)", outputs="float[1,2,4,4] y, float[1,2,4,4] z"), None),
+        # Conv output also read elsewhere: removing the Conv is not possible (no rule matches).
+        (
+            _conv_bn(body_tail="z = Relu(h)", outputs="float[1,2,4,4] y, float[1,2,4,4] z"),
+            "no Conv/ConvTranspose/Gemm feeds it alone",
+        ),
         # Training mode normalizes with batch statistics.
-        (_conv_bn(bn_attrs="<training_mode=1>"), "training mode"),
+        (_conv_bn(bn_attrs="<training_mode=1>"), "BatchNormalization runs in training mode"),
     ],
 )
 def test_refuses(model, reason):
@@ -86,9 +89,9 @@ def test_refuses(model, reason):
     out, modified = apply(pass_, model)
     assert not modified
     assert op_counts(out) == op_counts(model)
-    assert any("kept 1 BatchNormalization" in n for n in pass_.notes)
-    if reason:
-        assert any(reason in n for n in pass_.notes), pass_.notes
+    assert pass_.notes == []  # the kept BatchNormalization is a refusal, one line for the one node
+    assert len(pass_.refusals) == 1 and pass_.refusals[0].startswith("BatchNormalization (unnamed, output 'y'): ")
+    assert reason in pass_.refusals[0], pass_.refusals
 
 
 def test_refuses_shared_weight_and_non_constant_parameters():
@@ -106,9 +109,9 @@ def test_refuses_shared_weight_and_non_constant_parameters():
     pass_ = FoldBatchnormIntoConv()
     out, modified = apply(pass_, model)
     assert not modified
-    notes = " ".join(pass_.notes)
-    assert "kept 2 BatchNormalization" in notes
-    assert "used by another node" in notes and "s2 is not a constant initializer" in notes
+    first, second = pass_.refusals
+    assert first.startswith("BatchNormalization (unnamed, output 'y'): ") and "used by another node" in first
+    assert second == "BatchNormalization (unnamed, output 'z'): s2 is not a constant initializer."
     feeds = [{"x": np.ones((1, 2, 4, 4), np.float32), "s2": np.array([1.0, 3.0], np.float32)}]
     assert_equivalent(model, out, feeds=feeds)
 

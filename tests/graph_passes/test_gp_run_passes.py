@@ -184,11 +184,73 @@ g (float[1,2,4,4] x) => (float[1,2,4,4] y, float[1,2,4,4] z)
 def test_explain_records_why_a_rule_refused():
     # The Conv's output also feeds Relu: fold_conv_affine must refuse, and say so on request.
     quiet = run_passes(parse(EXPLAINED), ["fold_conv_affine"])
-    assert quiet[0].refusals == [] and any("refused 1 matches" in n for n in quiet[0].notes)
+    assert quiet[0].refusals == []
+    assert quiet[0].notes == ["refused 1 match (explain=True, or --explain, lists which and why)"]
     (record,) = run_passes(parse(EXPLAINED), ["fold_conv_affine"], explain=True)
     assert not record.modified
-    assert record.refusals == ["Add '': the Conv output is also read elsewhere"]
+    assert record.refusals == ["Add (unnamed, output 'y'): the Conv output is also read elsewhere"]
+    assert record.notes == ["refused 1 match; each is listed with its reason"]
     assert dataclasses.asdict(record)["refusals"] == record.refusals
+
+
+# Seven Dropouts whose masks are graph outputs (more than the old notes' cut of 5), a
+# BatchNormalization in training mode after a Conv, and two unnamed "+ 2**-30" near no-ops.
+REFUSING = """
+<ir_version: 8, opset_import: ["" : 15]>
+g (float[1,2,4,4] x) => (float[1,2,4,4] y, bool[1,2,4,4] m0, bool[1,2,4,4] m1, bool[1,2,4,4] m2,
+                         bool[1,2,4,4] m3, bool[1,2,4,4] m4, bool[1,2,4,4] m5, bool[1,2,4,4] m6)
+<float[2,2,1,1] w = {1., 2., 3., 4.}, float[2] s = {1., 2.}, float[2] b = {0.5, 0.5},
+ float[2] mean = {0.1, 0.2}, float[2] var = {1., 2.}, float eps = {9.313225746154785e-10}> {
+  c = Conv(x, w)
+  n = BatchNormalization<training_mode=1>(c, s, b, mean, var)
+  h0, m0 = Dropout(n)
+  h1, m1 = Dropout(h0)
+  h2, m2 = Dropout(h1)
+  h3, m3 = Dropout(h2)
+  h4, m4 = Dropout(h3)
+  h5, m5 = Dropout(h4)
+  h6, m6 = Dropout(h5)
+  y0 = Add(h6, eps)
+  y = Add(y0, eps)
+}
+"""
+REFUSING_PASSES = ["remove_dropout", "fold_batchnorm_into_conv", "remove_noop_ops"]
+
+
+def _refusing_model() -> ir.Model:
+    model = parse(REFUSING)
+    for node in model.graph:
+        if node.op_type in ("Dropout", "BatchNormalization"):
+            node.name = f"{node.op_type.lower()}_{node.outputs[0].name}"
+    return model
+
+
+def test_every_refusal_is_counted_in_one_note_without_explain():
+    records = run_passes(_refusing_model(), REFUSING_PASSES)
+    counts = {r.name: r.notes[-1] for r in records}
+    assert counts == {
+        "remove_dropout": "refused 7 matches (explain=True, or --explain, lists which and why)",
+        "fold_batchnorm_into_conv": "refused 1 match (explain=True, or --explain, lists which and why)",
+        "remove_noop_ops": "refused 2 matches (explain=True, or --explain, lists which and why)",
+    }
+    assert all(r.refusals == [] and not r.modified for r in records)
+    assert not [n for r in records for n in r.notes if n.startswith("kept")]  # no per-pass summaries left
+
+
+def test_explain_lists_every_refused_node_by_name():
+    records = {r.name: r for r in run_passes(_refusing_model(), REFUSING_PASSES, explain=True)}
+    assert records["remove_dropout"].refusals == [
+        f"Dropout 'dropout_h{i}': its mask 'm{i}' is a graph output" for i in range(7)
+    ]
+    assert records["fold_batchnorm_into_conv"].refusals == [
+        "BatchNormalization 'batchnormalization_n': BatchNormalization runs in training mode (batch statistics)"
+    ]
+    # Two unnamed nodes refused for the same reason are two lines, each once despite the rounds.
+    assert records["remove_noop_ops"].refusals == [
+        "Add (unnamed, output 'y0'): constant 9.313225746154785e-10 is close to but not exactly 0",
+        "Add (unnamed, output 'y'): constant 9.313225746154785e-10 is close to but not exactly 0",
+    ]
+    assert records["remove_dropout"].notes == ["refused 7 matches; each is listed with its reason"]
 
 
 def test_import_is_light():
