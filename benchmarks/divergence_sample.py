@@ -79,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fix_lines(label: str, div: dict) -> list[str]:
+def _fix_lines(label: str, divergence) -> list[str]:
     """The measured fix as the report has it: before, every trial, and the verdict."""
+    from optimizer.validation_record import to_json
+
+    div = to_json(divergence)
     fix = div.get("fix")
     if not fix:
         return [f"- {label}: no fix measured"]
@@ -103,17 +106,17 @@ def _sample(work: Path, memory: bool) -> list[str]:
     model, calib, val = work / "ppocr_rec.onnx", work / "data" / "calib", work / "data" / "val"
 
     bad = optimize(model, work / "bad", _recipe(False, []), calib=calib, val=val, use_cache=False)
-    div = bad.validation["divergence"]
-    fixed = optimize(model, work / "fixed", _recipe(False, div["recommend_exclude"]), calib=calib, val=val, use_cache=False)
+    div = bad.validation.divergence
+    fixed = optimize(model, work / "fixed", _recipe(False, div.recommend_exclude), calib=calib, val=val, use_cache=False)
     good = optimize(model, work / "per-channel", _recipe(True, []), calib=calib, val=val, use_cache=False)
 
     method = {"max": "MinMax", "mse": "MSE"}.get(_recipe(False, []).precision.method, _recipe(False, []).precision.method)
 
     def row(label: str, report) -> str:
-        task, prec = report.validation["task"], report.stage("precision")
+        task, prec = report.validation.task, report.stage("precision")
         gate = report.gates[0]
-        return (f"| {label} | {prec.summary['quantized nodes']} | {task['reference']:.3f} | {task['candidate']:.3f} | "
-                f"{task['change']:+.3f} | {'pass' if gate.passed else 'FAIL'} |")
+        return (f"| {label} | {prec.summary['quantized nodes']} | {task.reference:.3f} | {task.candidate:.3f} | "
+                f"{task.change:+.3f} | {'pass' if gate.passed else 'FAIL'} |")
 
     ctx = multiprocessing.get_context("spawn")
     rows = []
@@ -186,17 +189,18 @@ def _floor(work: Path) -> list[str]:
         candidates[label] = out
     candidates["FP32 with one Conv weight x(-3)"] = _broken_conv(model, floor_dir / "rec.broken.onnx")
     reference = OrtRunner(model)
-    noise = reference_noise({"a": reference, "b": OrtRunner(model, threads=2, optimization="all")}, val, 8)["outputs"][0]
-    rows = [f"| FP32 vs itself (2 threads, ORT level all; 8 lines): the noise floor | {noise['cosine_min']:.6f} | {noise['snr_db']:.1f} | "
-            f"{noise['max_abs']:.2g} max abs | | |"]
+    noise = reference_noise({"a": reference, "b": OrtRunner(model, threads=2, optimization="all")}, val, 8).outputs[0]
+    rows = [f"| FP32 vs itself (2 threads, ORT level all; 8 lines): the noise floor | {noise.cosine_min:.6f} | {noise.snr_db:.1f} | "
+            f"{noise.max_abs:.2g} max abs | | |"]
     for label, path in candidates.items():
         result = compare(reference, OrtRunner(path), val, labels=val.labels, metric=metric, context=context,
                          class_like=class_like_outputs(load_model(model)))
-        o, task = result["outputs"][0], result["task"]
+        o, task = result.outputs[0], result.task
         gates = evaluate_gates([], result, defaults=True)
         failed = [g.expression for g in gates if not g.passed]
-        rows.append(f"| {label} | {o['cosine_min']:.4f} | {o['snr_db']:.1f} | {o.get('top1_agreement', float('nan')):.4f} | "
-                    f"{task['candidate']:.3f} | {'FAIL: ' + ', '.join(failed) if failed else 'pass'} |")
+        top1 = o.top1_agreement if o.top1_agreement is not None else float("nan")
+        rows.append(f"| {label} | {o.cosine_min:.4f} | {o.snr_db:.1f} | {top1:.4f} | "
+                    f"{task.candidate:.3f} | {'FAIL: ' + ', '.join(failed) if failed else 'pass'} |")
         print(rows[-1], flush=True)
     return [
         f"PP-OCRv4 rec, the sample's 200 validation lines (FP32 CER {task['reference']:.3f}%), tensorrt target, "
@@ -269,11 +273,11 @@ def _transformer(work: Path) -> list[str]:
         quantize(model, out, NpzFolderSource(calib), **kwargs)
         report = validate_only(out, model, val, gates=["min_cosine>=0.99"], iterations=0, divergence="on-failure")
         reports[label] = report
-        o = report.validation["outputs"][0]
-        rows.append(f"| {label} | {o['cosine_min']:.4f} | {o['snr_db']:.1f} | {'pass' if report.passed else 'FAIL'} |")
+        o = report.validation.outputs[0]
+        rows.append(f"| {label} | {o.cosine_min:.4f} | {o.snr_db:.1f} | {'pass' if report.passed else 'FAIL'} |")
     fixes = []
     for label, report in reports.items():
-        div = report.validation.get("divergence")
+        div = report.validation.divergence
         fixes += _fix_lines(f"encoder {label.split(' (')[0]}", div) if div else [f"- encoder {label}: the search did not run"]
     return [
         "Transformer encoder (4 pre-LN layers, d=128, GELU, 4 outlier LayerNorm channels; seeded, exported with torch.onnx.export), "

@@ -325,10 +325,10 @@ def benchmark_model(kind: str, data: dict, work: Path, log) -> list[dict]:
     iterations = int(min(400, max(LATENCY_ITERATIONS, 3.0 / per_run)))
     log(f"  {kind}: timing {len(runners)} variants x {iterations} iterations ...")
     lat = measure_latency(runners, feeds, warmup=2, iterations=iterations)
-    base = lat["FP32"]["p50_ms"]
+    base = lat["FP32"].p50_ms
     for r in rows:
         if r["variant"] in lat:
-            r["speedup"] = base / lat[r["variant"]]["p50_ms"]
+            r["speedup"] = base / lat[r["variant"]].p50_ms
         if "score" in r:
             r["change"] = metric.change(r["score"], fp32_score)
     for r in rows:
@@ -571,7 +571,7 @@ def parity_model(kind: str, data: dict, work: Path, log, build: bool = True) -> 
     lat = measure_latency(runners, feeds, warmup=3, iterations=iterations)
     for r in rows:
         if r["variant"] in lat:
-            r["speedup"] = lat["FP32"]["p50_ms"] / lat[r["variant"]]["p50_ms"]
+            r["speedup"] = lat["FP32"].p50_ms / lat[r["variant"]].p50_ms
         if "score" in r:
             r["change"] = metric.change(r["score"], fp32_score)
         r["model"], r["metric"] = kind, metric.name

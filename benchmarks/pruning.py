@@ -297,9 +297,9 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _ratios(ref: dict, cand: dict) -> tuple[float, float]:
+def _ratios(ref, cand) -> tuple[float, float]:
     """(ratio of p50s, median of per-iteration ratios): the second pairs runs made back to back."""
-    return ref["p50_ms"] / cand["p50_ms"], paired_speedup(ref, cand)
+    return ref.p50_ms / cand.p50_ms, paired_speedup(ref, cand)
 
 
 def _format_row(r, task=None) -> str:

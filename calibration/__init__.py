@@ -3,7 +3,8 @@
 Modules: ``data`` (sources, validation), ``stats`` + ``histogram`` (ranges: max, percentile,
 entropy, mse), ``qdq`` (placement and insertion per target), ``opset`` and ``subgraphs``
 (preparation), ``weight_only`` (INT4 block-wise weights), ``sensitivity`` (per-layer sensitivity and the accuracy budget:
-``quantize_with_budget``), ``autocast`` (FP16/BF16 Casts: ``autocast``).
+``quantize_with_budget``; ``quantize_model``, quantize within an optional budget, behind the CLI and the pipeline),
+``autocast`` (FP16/BF16 Casts: ``autocast``).
 
 ``quantize`` is the Python twin of ``trtforge quantize``: load, upgrade the opset if needed,
 validate the data, plan, calibrate, insert Q/DQ, save atomically. The input file is never
@@ -84,7 +85,9 @@ class QuantizeResult:
     clip_ratios: dict[str, float] = field(default_factory=dict)  # int4-weight: mean clip / max per weight
 
 
-MODES = ("int8", "fp8", "int4-weight")
+# Each mode and the precision its network carries: the artifact's suffix and `trtforge build --expect`.
+CARRIED_PRECISION = {"int8": "int8", "fp8": "fp8", "int4-weight": "int4"}
+MODES = tuple(CARRIED_PRECISION)
 
 
 def quantize(

@@ -144,6 +144,9 @@ class SyntheticSource:
             yield feed
 
 
+SYNTHETIC_SAMPLES = 16  # random calibration samples when the user asks for synthetic data without a count
+
+
 def synthetic_source(
     specs: list[TensorSpec], count: int, shapes: dict[str, Iterable[int]] | None = None, seed: int = 0
 ) -> SyntheticSource:

@@ -1,6 +1,7 @@
 """Accuracy budget: measure how much each quantized layer hurts, keep the worst ones in FP32.
 
-``quantize_with_budget`` calibrates once, then:
+``quantize_model`` is the one flow behind ``trtforge quantize`` and the precision stage: a plain
+``quantize``, or, with a budget, ``quantize_with_budget``. That calibrates once, then:
 
 1. quantizes everything and scores it on the validation data; if the budget holds, done;
 2. otherwise measures each layer's sensitivity: the output error (normalised RMS error over
@@ -34,6 +35,7 @@ from calibration.opset import upgrade_opset
 from calibration.qdq import FP8_MIN_OPSET, MIN_OPSET, QDQ_MODES, insert_qdq, plan_qdq, target_format
 from calibration.stats import collect_ranges
 from calibration.subgraphs import inline_constant_ifs
+from calibration.weight_only import DEFAULT_BLOCK_SIZE
 from optimizer.conditions import parse_gate
 from optimizer.errors import CalibrationError, ConfigError
 from optimizer.model import input_specs, load_model
@@ -89,6 +91,64 @@ class BudgetResult:
     history: list[dict] = field(default_factory=list)  # every probe: kept count -> budget quantity
 
 
+@dataclass
+class QuantizeOutcome:
+    """What ``quantize_model`` wrote: the quantized model's record, and the budget search when one was asked for."""
+
+    result: QuantizeResult
+    search: BudgetResult | None = None
+
+    def details(self) -> dict:
+        """The record as ``trtforge quantize --json`` prints it and the report stores it: the search under 'budget'."""
+        data = dataclasses.asdict(self.result)
+        if self.search is not None:
+            data["budget"] = report(self.search)
+        return data
+
+
+def quantize_model(
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    calib,
+    *,
+    budget: str | Budget | None = None,
+    val=None,
+    metric: Callable[[list[dict[str, np.ndarray]]], float] | None = None,
+    higher_is_better: bool = False,
+    target: str = "tensorrt",
+    method: str = "max",
+    per_channel: bool = True,
+    percentile: float = 99.99,
+    exclude=(),
+    mode: str = "int8",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    int4_method: str = "awq",
+    progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> QuantizeOutcome:
+    """Quantize, within ``budget`` when one is given: the one flow of ``trtforge quantize`` and the precision stage.
+
+    Without a budget this is ``quantize`` (``progress`` counts calibration samples); with one,
+    ``quantize_with_budget`` on ``val`` with ``metric`` (``progress`` counts the models tried,
+    ``log`` narrates the search). ``block_size`` and ``int4_method`` apply to ``int4-weight``,
+    which takes no budget.
+    """
+    if budget is None:
+        result = quantize(
+            model_path, output_path, calib, target=target, method=method, per_channel=per_channel, percentile=percentile,
+            exclude=exclude, progress=progress, mode=mode, block_size=block_size, int4_method=int4_method,
+        )
+        return QuantizeOutcome(result)
+    if val is None:
+        raise ConfigError(f"budget '{budget}' is measured on validation data: pass --val DIR")
+    search = quantize_with_budget(
+        model_path, output_path, calib, val, budget=budget, metric=metric, higher_is_better=higher_is_better,
+        target=target, method=method, per_channel=per_channel, percentile=percentile, exclude=exclude,
+        progress=progress, log=log, mode=mode,
+    )
+    return QuantizeOutcome(search.quantize, search)
+
+
 def quantize_with_budget(
     model_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -103,13 +163,16 @@ def quantize_with_budget(
     per_channel: bool = True,
     percentile: float = 99.99,
     exclude=(),
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
     mode: str = "int8",
 ) -> BudgetResult:
     """INT8 (or FP8: ``mode``) with as many layers quantized as ``budget`` allows, measured on ``val`` (a list of feeds).
 
     ``metric(outputs per val sample) -> score`` is the task metric (labels are the caller's
     business: close over them); it is required for ``*_increase``/``*_drop`` budgets.
+    ``progress(done)`` counts the partially quantized models run so far (like every other
+    progress callback, a count); ``log(message)`` gets one line per step of the search.
     """
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if budget.uses_metric and metric is None:
@@ -120,7 +183,7 @@ def quantize_with_budget(
     if mode not in QDQ_MODES:
         raise ConfigError(f"an accuracy budget applies to Q/DQ modes {list(QDQ_MODES)}, not '{mode}'; drop the budget")
     target_format(target, mode)
-    say = progress or (lambda _msg: None)
+    say = log or (lambda _msg: None)
     val = list(val)
     model = load_model(model_path)
     specs = input_specs(model)
@@ -143,7 +206,7 @@ def quantize_with_budget(
     fp32_score = metric(reference) if metric is not None else None
     evaluator = _Evaluator(
         base, plan, list(exclude), ranges, target, per_channel, val, reference, budget, metric, fp32_score, higher_is_better,
-        mode,
+        mode, progress,
     )
 
     full = evaluator.change(kept=[])
@@ -156,31 +219,7 @@ def quantize_with_budget(
         result.met = True
     else:
         say(f"all-INT8 misses {budget} ({full:.4g}); measuring {len(plan.quantized_nodes)} layers one at a time")
-        result.sensitivity = evaluator.sensitivities(val[:SENSITIVITY_SAMPLES])
-        order = sorted(result.sensitivity, key=result.sensitivity.get, reverse=True)
-        lo, hi = 0, len(order)  # invariant: keeping `hi` meets the budget (checked below), `lo` does not
-        if evaluator.change(kept=order) > budget.limit:
-            say(f"even with every quantized layer in FP32 the budget is missed: {budget} cannot be met")
-            result.kept, result.final_change = order, evaluator.history[-1]["change"]
-        else:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if evaluator.change(kept=order[:mid]) <= budget.limit:
-                    hi = mid
-                else:
-                    lo = mid
-                say(f"keeping {lo}..{hi} layers in FP32")
-            if hi == len(order):
-                raise CalibrationError(
-                    f"budget {budget} holds only with every layer in FP32 (all INT8: {full:.4g}); "
-                    "nothing would be quantized: loosen the budget or use FP16 (calibration.autocast)"
-                )
-            result.kept, result.met = order[:hi], True
-            result.final_change = next(h["change"] for h in reversed(evaluator.history) if h["kept"] == hi)
-        for rank, node in enumerate(result.kept, 1):
-            result.reasons[node] = (
-                f"sensitivity rank {rank} of {len(order)}: output NRMSE {result.sensitivity[node]:.3g} when only this layer is INT8"
-            )
+        _keep_fewest(evaluator, budget, result, val[:SENSITIVITY_SAMPLES], say)
     result.evaluations, result.history = evaluator.evaluations, evaluator.history
     result.quantize = quantize(
         model_path, output_path, calib, target=target, method=method, per_channel=per_channel,
@@ -189,16 +228,47 @@ def quantize_with_budget(
     return result
 
 
+def _keep_fewest(evaluator: _Evaluator, budget: Budget, result: BudgetResult, samples: list, say) -> None:
+    """Rank the layers by sensitivity, then bisect for the fewest kept in FP32 that meet ``budget``; fills ``result``."""
+    result.sensitivity = evaluator.sensitivities(samples)
+    order = sorted(result.sensitivity, key=result.sensitivity.get, reverse=True)
+    lo, hi = 0, len(order)  # invariant: keeping `hi` meets the budget (checked below), `lo` does not
+    if evaluator.change(kept=order) > budget.limit:
+        say(f"even with every quantized layer in FP32 the budget is missed: {budget} cannot be met")
+        result.kept, result.final_change = order, evaluator.history[-1]["change"]
+    else:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if evaluator.change(kept=order[:mid]) <= budget.limit:
+                hi = mid
+            else:
+                lo = mid
+            say(f"keeping {lo}..{hi} layers in FP32")
+        if hi == len(order):
+            raise CalibrationError(
+                f"budget {budget} holds only with every layer in FP32 (all INT8: {result.all_int8_change:.4g}); "
+                "nothing would be quantized: loosen the budget or use FP16 (calibration.autocast)"
+            )
+        result.kept, result.met = order[:hi], True
+        result.final_change = next(h["change"] for h in reversed(evaluator.history) if h["kept"] == hi)
+    for rank, node in enumerate(result.kept, 1):
+        result.reasons[node] = (
+            f"sensitivity rank {rank} of {len(order)}: output NRMSE {result.sensitivity[node]:.3g} when only this layer is INT8"
+        )
+
+
 class _Evaluator:
     """Builds partially quantized models in memory and measures the budget quantity on them."""
 
-    def __init__(self, base, plan, exclude, ranges, target, per_channel, val, reference, budget, metric, fp32_score, higher_is_better, mode):
+    def __init__(self, base, plan, exclude, ranges, target, per_channel, val, reference, budget, metric, fp32_score, higher_is_better, mode,
+                 progress):
         self.base, self.plan, self.exclude, self.ranges = base, plan, exclude, ranges
         self.target, self.per_channel = target, per_channel
         self.val, self.reference, self.budget = val, reference, budget
         self.metric, self.fp32_score, self.higher_is_better = metric, fp32_score, higher_is_better
-        self.mode = mode
+        self.mode, self.progress = mode, progress
         self.evaluations, self.history = 0, []
+        self.trials = 0  # partially quantized models run: scored probes and per-layer sensitivities
 
     def _runner(self, kept: list[str]) -> OrtRunner:
         """The model as ``quantize(exclude=kept)`` would write it (same planner, so the same fusion Q/DQ)."""
@@ -206,6 +276,11 @@ class _Evaluator:
         sub = plan_qdq(model, target=self.target, exclude=self.exclude + list(kept))
         insert_qdq(model, sub, self.ranges, target=self.target, per_channel=self.per_channel, mode=self.mode)
         return session_for(model)  # any size: through a file with external data above 2 GB
+
+    def _tried(self) -> None:
+        self.trials += 1
+        if self.progress is not None:
+            self.progress(self.trials)
 
     def change(self, kept: list[str]) -> float:
         runner = self._runner(kept)
@@ -219,6 +294,7 @@ class _Evaluator:
             score = self.metric(outputs)
             value = self.fp32_score - score if self.higher_is_better else score - self.fp32_score
         self.history.append({"kept": len(kept), "change": value})
+        self._tried()
         return value
 
     def sensitivities(self, samples: list) -> dict[str, float]:
@@ -228,6 +304,7 @@ class _Evaluator:
         for node in names:
             runner = self._runner([n for n in names if n != node])
             result[node] = output_nrmse([runner.run(f) for f in samples], reference)
+            self._tried()
         return result
 
 

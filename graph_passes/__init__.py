@@ -50,6 +50,8 @@ class PassRecord:
     #: With ``explain``: one line per node the pass matched but refused, with the reason
     #: (without it, only the count, as a note).
     refusals: list[str] = field(default_factory=list)
+    #: How many nodes the pass matched but refused (with or without ``explain``).
+    refused: int = 0
     #: Set when the pass raised, broke the signature or changed the outputs: it was rolled back.
     warning: str | None = None
 
@@ -263,6 +265,7 @@ class _Run:
             seconds=seconds,
             notes=notes,
             refusals=refusals if self.explain else [],
+            refused=len(refusals),
         )
 
     def _restore(self) -> None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from optimizer.errors import EXIT_GATE_FAILED, EXIT_OK, ConfigError, TrtforgeError
+from optimizer.recipe import QUANTIZE_MODES, choices
 
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -69,6 +70,26 @@ def _shape_options(fn):
     )(fn)
 
 
+class _SampleCount(click.ParamType):
+    """A count >= 1, or ``True`` for the option given alone (the command picks the count)."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        if value is True:
+            return True
+        return click.IntRange(min=1).convert(value, param, ctx)
+
+
+def _synthetic_option(fn):
+    """``--synthetic [N]``: random calibration data, asked for by name; N samples, or ``True`` alone."""
+    return click.option(
+        "--synthetic", type=_SampleCount(), is_flag=False, flag_value=True, default=None, metavar="[N]",
+        help="Calibrate on N random samples (alone: 16; optimize: the recipe's precision.max_samples if set) instead of data, knowingly: "
+        "the report says so.",
+    )(fn)
+
+
 def _resolve_shapes(model, shapes=(), dims=(), fingerprints=(), probe=True):
     """Every input's shape for ``model`` (an onnx-ir Model) from the flags, the data, metadata, defaults."""
     from optimizer.shapes import parse_dims, parse_profiles, resolve_model_shapes
@@ -94,7 +115,7 @@ def main() -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
 @click.option("--parse-check/--no-parse-check", default=True, show_default=True, help="Try TensorRT's ONNX parser (when installed).")
-@click.option("--builder", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default=None, help="Which TensorRT to parse with.")
+@click.option("--builder", type=click.Choice(choices("build.builder")), default=None, help="Which TensorRT to parse with.")
 @_handle_errors
 def inspect(model: Path, as_json: bool, parse_check: bool, builder: str | None) -> None:
     """Show opsets, I/O, dynamic dims, op histogram, parameters, and TensorRT parse status.
@@ -118,14 +139,15 @@ def inspect(model: Path, as_json: bool, parse_check: bool, builder: str | None) 
 @click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Recipe YAML (defaults apply without one).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration data folder (.npz/.npy).")
 @click.option("--val", type=click.Path(path_type=Path), default=None, help="Validation data folder (.npz/.npy, labels.json).")
-@click.option("--precision", type=click.Choice(["int8", "fp16", "bf16", "none"]), default=None, help="Override the recipe's precision mode (INT8 Q/DQ, or FP16/BF16 Casts).")
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime-cpu"]), default=None, help="Q/DQ form: TensorRT's (default) or ORT CPU's.")
+@click.option("--precision", type=click.Choice(choices("precision.mode")), default=None,
+              help="Override the recipe's precision mode (INT8/FP8 Q/DQ, INT4 weights, or FP16/BF16 Casts).")
+@click.option("--target", type=click.Choice(choices("precision.target")), default=None, help="Q/DQ form: TensorRT's (default) or ORT CPU's.")
 @click.option("--gate", "gates", multiple=True, help="Release gate, e.g. 'cer_increase<=0.5' (repeatable).")
 @click.option("--no-default-gates", is_flag=True, help="Without --gate, check no gate at all (report only).")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None, help="Previous release's report.json: enables *_regression gates.")
-@click.option("--divergence", type=click.Choice(["never", "on-failure", "always"]), default=None, help="First-divergent-layer search (recipe default: on-failure).")
+@click.option("--divergence", type=click.Choice(choices("validate.divergence")), default=None, help="First-divergent-layer search (recipe default: on-failure).")
 @_shape_options
-@click.option("--synthetic", is_flag=True, help="Calibrate on random data (knowingly; the report says so).")
+@_synthetic_option
 @click.option("--no-cache", is_flag=True, help="Recompute every stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
@@ -141,7 +163,7 @@ def optimize(model, out_dir, recipe, calib, val, precision, target, gates, no_de
     \b
     Example:
       trtforge optimize model.onnx -o out/ --calib data/calib --val data/val
-      trtforge optimize model.onnx -o out/ --synthetic            # random calibration, knowingly
+      trtforge optimize model.onnx -o out/ --synthetic            # random calibration (16 samples), knowingly
       trtforge optimize model.onnx -o out/ --recipe recipe.yaml --dim batch=1,4,8 \\
           --calib data/calib --val data/val --gate "max_rel_error<=0.05"
     """
@@ -160,8 +182,8 @@ def optimize(model, out_dir, recipe, calib, val, precision, target, gates, no_de
         config.validate.divergence = divergence
     if no_default_gates:
         config.validate.default_gates = False
-    if synthetic:
-        config.precision.synthetic = True
+    if synthetic is not None:
+        _use_synthetic(config, synthetic, calib)
     report = run_pipeline(
         model,
         out_dir,
@@ -183,6 +205,15 @@ def optimize(model, out_dir, recipe, calib, val, precision, target, gates, no_de
         next_step = f"trtforge report {out_dir / 'report.json'}"
         _out.print(f"[bold]{'PASSED' if report.passed else 'FAILED'}[/]; next: {next_step}")
     sys.exit(EXIT_OK if report.passed else EXIT_GATE_FAILED)
+
+
+def _use_synthetic(config, count: int | bool, calib: Path | None) -> None:
+    """``optimize --synthetic [N]``: random calibration data, N samples of it (``precision.max_samples``
+    sizes the synthetic source; alone, the recipe's or 16). Real calibration data, when given, still
+    wins and keeps its own limit."""
+    config.precision.synthetic = True
+    if count is not True and calib is None and config.precision.calib is None:
+        config.precision.max_samples = count
 
 
 @main.command()
@@ -303,6 +334,8 @@ def passes(model, out_path, names, skip, verify, data, shapes, dims, strict, lis
         if explain:
             for line in [*r.notes, *r.refusals]:
                 _out.print(f"    {line}", markup=False)
+        elif r.refused:
+            _out.print(f"    refused {r.refused} match{'es' if r.refused > 1 else ''} (--explain lists which and why)", markup=False)
         if getattr(r, "warning", None):
             _out.print(f"[yellow]warning[/]: {escape(r.warning)}")
     if verifier is not None and verifier.numeric:
@@ -334,21 +367,21 @@ def _prune_shapes(model: Path, calib: Path | None, shapes, dims) -> dict[str, tu
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="Output .onnx with Q/DQ.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration data folder (.npz/.npy).")
-@click.option("--synthetic", type=int, default=None, help="Calibrate on N random samples instead (knowingly).")
+@_synthetic_option
 @_shape_options
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime-cpu"]), default="tensorrt", show_default=True)
+@click.option("--target", type=click.Choice(choices("precision.target")), default="tensorrt", show_default=True)
 @click.option(
-    "--method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default="max", show_default=True,
+    "--method", type=click.Choice(choices("precision.method")), default="max", show_default=True,
     help="Calibration method: max (MinMax), percentile, entropy (TensorRT KL) or mse.",
 )
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="For --method percentile.")
 @click.option(
-    "--mode", type=click.Choice(["int8", "fp8", "int4-weight"]), default="int8", show_default=True,
+    "--mode", type=click.Choice(QUANTIZE_MODES), default="int8", show_default=True,
     help="int8 Q/DQ; fp8 (E4M3 Q/DQ, TensorRT on Hopper/Ada/Blackwell); int4-weight (block-wise INT4 MatMul/Gemm weights).",
 )
 @click.option("--block-size", type=int, default=128, show_default=True, help="For --mode int4-weight: input channels per scale.")
 @click.option(
-    "--int4-method", type=click.Choice(["awq", "rtn"]), default="awq", show_default=True,
+    "--int4-method", type=click.Choice(choices("precision.int4_method")), default="awq", show_default=True,
     help="For --mode int4-weight: activation-aware clip search on --calib (awq) or round-to-nearest (rtn).",
 )
 @click.option("--exclude", default="", help="Comma-separated node names to keep in FP32.")
@@ -376,51 +409,66 @@ def quantize(
       trtforge quantize model.onnx -o model.int8.onnx --calib data/calib --val data/val \\
           --metric samples/ppocr_rec/metric.py:cer --budget "cer_increase<=0.1"
     """
-    from calibration import NpzFolderSource, quantize as run_quantize, synthetic_source
+    from calibration.sensitivity import quantize_model
+
+    loaded, source = _calibration_source(model, calib, synthetic, shapes, dims)
+    outcome = quantize_model(
+        model, out_path, source, target=target, method=method, percentile=percentile, per_channel=not per_tensor,
+        exclude=[n for n in exclude.split(",") if n], mode=mode, block_size=block_size, int4_method=int4_method,
+        log=None if as_json else (lambda msg: _out.print(f"[dim]{msg}[/]")), **_budget_options(loaded, model, budget, val, metric_spec),
+    )
+    if as_json:
+        _print_json(outcome.details())
+        return
+    _print_quantized(outcome, target, out_path)
+    if outcome.search is not None and not outcome.search.met:
+        sys.exit(EXIT_GATE_FAILED)  # the model is written, but it misses the budget the user set
+
+
+def _calibration_source(model: Path, calib: Path | None, synthetic: int | None, shapes, dims):
+    """(the loaded model, its calibration source): the --calib folder, or --synthetic random samples at the resolved shapes."""
+    from calibration import NpzFolderSource, synthetic_source
     from calibration.data import open_folder
     from optimizer.model import input_specs, load_model
 
     if (calib is None) == (synthetic is None):
-        raise ConfigError("give exactly one of --calib DIR or --synthetic N")
+        raise ConfigError("give exactly one of --calib DIR or --synthetic [N]")
     loaded = load_model(model)
-    if calib is not None:
-        source = NpzFolderSource(calib)
-        if shapes or dims:  # with real data they only check that the data fits the ranges given
-            _resolve_shapes(loaded, shapes, dims, (open_folder(calib, input_specs(loaded))[1],), probe=False)
-    else:
+    if calib is None:
         resolved = _resolve_shapes(loaded, shapes, dims).require()
-        source = synthetic_source(input_specs(loaded), count=synthetic, shapes=resolved.opt(), seed=0)
-    excluded = [n for n in exclude.split(",") if n]
-    search = None
-    if budget is not None:
-        from calibration.sensitivity import quantize_with_budget, report
-        from optimizer.validate import load_metric, metric_scorer
+        from calibration.data import SYNTHETIC_SAMPLES
 
-        if val is None:
-            raise ConfigError("--budget is measured on validation data: pass --val DIR")
-        val_source = NpzFolderSource(val)
-        val_source.bind(input_specs(load_model(model)))
-        task = load_metric(metric_spec, Path.cwd()) if metric_spec else None
-        metric_fn, higher = metric_scorer(task, val_source.labels, model)
-        search = quantize_with_budget(
-            model, out_path, source, list(val_source), budget=budget, metric=metric_fn, higher_is_better=higher,
-            target=target, method=method, percentile=percentile, per_channel=not per_tensor, exclude=excluded,
-            progress=None if as_json else (lambda msg: _out.print(f"[dim]{msg}[/]")), mode=mode,
-        )
-        result = search.quantize
-    elif val is not None or metric_spec is not None:
-        raise ConfigError("--val and --metric are for --budget; give a budget or drop them")
-    else:
-        result = run_quantize(
-            model, out_path, source, target=target, method=method, percentile=percentile, per_channel=not per_tensor,
-            exclude=excluded, mode=mode, block_size=block_size, int4_method=int4_method,
-        )
-    if as_json:
-        data = dataclasses.asdict(result)
-        if search is not None:
-            data["budget"] = report(search)
-        _print_json(data)
-        return
+        count = SYNTHETIC_SAMPLES if synthetic is True else synthetic
+        return loaded, synthetic_source(input_specs(loaded), count=count, shapes=resolved.opt(), seed=0)
+    if shapes or dims:  # with real data they only check that the data fits the ranges given
+        _resolve_shapes(loaded, shapes, dims, (open_folder(calib, input_specs(loaded))[1],), probe=False)
+    return loaded, NpzFolderSource(calib)
+
+
+def _budget_options(loaded, model: Path, budget: str | None, val: Path | None, metric_spec: str | None) -> dict:
+    """``quantize_model``'s budget arguments from --budget/--val/--metric (none without --budget)."""
+    if budget is None:
+        if val is not None or metric_spec is not None:
+            raise ConfigError("--val and --metric are for --budget; give a budget or drop them")
+        return {}
+    from calibration import NpzFolderSource
+    from optimizer.model import input_specs
+    from optimizer.validate import load_metric, metric_scorer
+
+    if val is None:
+        raise ConfigError("--budget is measured on validation data: pass --val DIR")
+    val_source = NpzFolderSource(val)
+    val_source.bind(input_specs(loaded))
+    task = load_metric(metric_spec, Path.cwd()) if metric_spec else None
+    metric_fn, higher = metric_scorer(task, val_source.labels, model)
+    return dict(budget=budget, val=list(val_source), metric=metric_fn, higher_is_better=higher)
+
+
+def _print_quantized(outcome, target: str, out_path: Path) -> None:
+    """The budget search's verdict and kept layers (with a budget), then the quantized model and the next step."""
+    from calibration import CARRIED_PRECISION
+
+    result, search = outcome.result, outcome.search
     if search is not None:
         status = "met" if search.met else "[red]NOT met[/]"
         _out.print(
@@ -429,7 +477,7 @@ def quantize(
         )
         for node, why in search.reasons.items():
             _out.print(f"  {node}: {why}")
-    expect = {"int8": "int8", "fp8": "fp8", "int4-weight": "int4"}[mode]
+    expect = CARRIED_PRECISION[result.mode]
     _out.print(
         f"quantized {len(result.quantized_nodes)} node(s) for {target} ({result.num_q} Q, {result.num_dq} DQ; "
         f"{expect.upper()} weight share {result.quantized_weight_share:.1%}); left in FP32: {len(result.skipped)}"
@@ -437,22 +485,20 @@ def quantize(
     if result.fingerprint.synthetic:
         _out.print("[yellow]warning[/]: calibrated on synthetic random data")
     _out.print(f"wrote {out_path}; next: trtforge build {out_path} -o model.engine --expect {expect}")
-    if search is not None and not search.met:
-        sys.exit(EXIT_GATE_FAILED)  # the model is written, but it misses the budget the user set
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), default=None, help="Pruned .onnx to write (not needed with --dry-run).")
-@click.option("--sparsity", type=click.Choice(["2:4"]), default=None, help="2:4 structured sparsity (TensorRT's sparse-kernel layout).")
+@click.option("--sparsity", type=click.Choice(choices("prune.sparsity")), default=None, help="2:4 structured sparsity (TensorRT's sparse-kernel layout).")
 @click.option("--channels", type=float, default=None, help="Fraction of each prunable channel group to remove, e.g. 0.3.")
 @click.option("--flops-target", type=float, default=None, help="Instead: fraction of Conv/Gemm/MatMul FLOPs to remove, e.g. 0.25.")
 @click.option("--max-error", type=float, default=None, help="Instead: the largest FLOPs cut whose relative output error on --val stays below this, e.g. 0.05.")
 @click.option("--val", type=click.Path(path_type=Path), default=None, help="Validation data folder for --max-error.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration data folder (.npz/.npy): data-aware choice and least-squares repair.")
 @click.option("--samples", type=int, default=32, show_default=True, help="Calibration samples used for statistics.")
-@click.option("--method", type=click.Choice(["auto", "magnitude", "activation", "obs"]), default="auto", show_default=True, help="2:4 mask choice (auto: obs with data, magnitude without).")
-@click.option("--criterion", type=click.Choice(["auto", "l1", "l2", "activation"]), default="auto", show_default=True, help="Channel ranking (auto: activation with data, l2 without).")
+@click.option("--method", type=click.Choice(choices("prune.method")), default="auto", show_default=True, help="2:4 mask choice (auto: obs with data, magnitude without).")
+@click.option("--criterion", type=click.Choice(choices("prune.criterion")), default="auto", show_default=True, help="Channel ranking (auto: activation with data, l2 without).")
 @click.option("--no-reconstruct", is_flag=True, help="Do not refit kept weights by least squares.")
 @click.option("--exclude", default="", help="Comma-separated node-name globs to leave alone.")
 @_shape_options
@@ -477,26 +523,20 @@ def prune(model, out_path, sparsity, channels, flops_target, max_error, val, cal
       trtforge prune det.onnx --channels 0.3 --shapes x:1x3x640x640 --dry-run
     """
     from calibration import NpzFolderSource
-    from optimizer.pruning import prune as run_prune
+    from optimizer.pruning import prune_model
+    from optimizer.pruning.check import DEFAULT_TOLERANCE
 
     if out_path is None and not dry_run:
         raise ConfigError("give -o OUT.onnx, or --dry-run to only report")
-    options = dict(
+    if max_error is not None and (channels is not None or flops_target is not None or dry_run):
+        raise ConfigError("--max-error searches the FLOPs cut itself: drop --channels/--flops-target/--dry-run")
+    result = prune_model(
+        model, out_path, max_error=max_error, val=NpzFolderSource(val) if val else None, channels=channels,
+        flops_target=flops_target, dry_run=dry_run, tolerance=tolerance or DEFAULT_TOLERANCE, force=force,
         sparsity=sparsity, source=NpzFolderSource(calib) if calib is not None else None, method=method,
         criterion=criterion, reconstruct=not no_reconstruct, exclude=[n for n in exclude.split(",") if n],
         samples=samples, input_shapes=_prune_shapes(model, calib, shapes + ((legacy_shape,) if legacy_shape else ()), dims),
     )
-    if max_error is not None:
-        from optimizer.pruning import prune_within_error
-
-        if channels is not None or flops_target is not None or dry_run:
-            raise ConfigError("--max-error searches the FLOPs cut itself: drop --channels/--flops-target/--dry-run")
-        result = prune_within_error(model, out_path, val=NpzFolderSource(val) if val else None, max_error=max_error, **options)
-    else:
-        from optimizer.pruning.check import DEFAULT_TOLERANCE
-
-        result = run_prune(model, out_path, channels=channels, flops_target=flops_target, dry_run=dry_run,
-                           tolerance=tolerance or DEFAULT_TOLERANCE, force=force, **options)
     check_failed = result.check is not None and not result.check["passed"]
     if as_json:
         _print_json(result.to_dict())
@@ -548,12 +588,12 @@ def prune(model, out_path, sparsity, channels, flops_target, max_error, val, cal
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="Engine file to write.")
 @_shape_options
-@click.option("--builder", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default=None)
-@click.option("--expect", type=click.Choice(["int8", "fp16", "bf16", "fp8", "int4", "fp32"]), default=None, help="Fail unless the network carries this precision (int4: INT4 weight-only GEMMs).")
+@click.option("--builder", type=click.Choice(choices("build.builder")), default=None)
+@click.option("--expect", type=click.Choice(choices("build.expect")), default=None, help="Fail unless the network carries this precision (int4: INT4 weight-only GEMMs).")
 @click.option("--workspace-mib", type=int, default=None)
 @click.option("--builder-opt-level", "--opt-level", "opt_level", type=int, default=None, help="Builder optimization level 0..5 (TensorRT's default: 3).")
 @click.option("--compute-capability", "compute_capabilities", multiple=True, help="TensorRT-RTX target, e.g. SM86 (repeatable).")
-@click.option("--hardware-compat", type=click.Choice(["ampere_plus", "same_compute_capability"]), default=None, help="Let the engine run on other GPUs than the one building it.")
+@click.option("--hardware-compat", type=click.Choice(choices("build.hardware_compatibility")), default=None, help="Let the engine run on other GPUs than the one building it.")
 @click.option("--sparse-weights", is_flag=True, help="Let TensorRT use 2:4 sparse kernels where the weights are 2:4 sparse.")
 @click.option("--refit", is_flag=True, help="Build a refittable engine (weights can be replaced later).")
 @click.option("--strip-weights", is_flag=True, help="Leave weights out of the plan (refit them from the ONNX when deploying).")
@@ -651,7 +691,7 @@ def check_engine(engine: Path) -> None:
               help="A previous release's report.json: adds gate metrics such as cer_regression, p50_regression_pct.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), default=None, help="Write JUnit XML (one testcase per gate).")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), default=None, help="Write the self-contained HTML report.")
-@click.option("--divergence", type=click.Choice(["never", "on-failure", "always"]), default="on-failure", show_default=True,
+@click.option("--divergence", type=click.Choice(choices("validate.divergence")), default="on-failure", show_default=True,
               help="First-divergent-layer search (needs the model the candidate was made from as --reference).")
 @_shape_options
 @click.option("--json", "as_json", is_flag=True)
@@ -702,6 +742,7 @@ def validate(candidate, reference, data, legacy_data, metric, gates, no_default_
         baseline=baseline,
         divergence=divergence,
         default_gates=not no_default_gates,
+        command=shlex.join(["trtforge", *sys.argv[1:]]),
     )
     wrote = []
     if report_path:

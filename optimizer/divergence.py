@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -33,6 +33,7 @@ from optimizer.errors import ConfigError, ValidationError
 from optimizer.model import PROTOBUF_LIMIT, load_model, opset_of, save_model
 from optimizer.runners import OrtRunner
 from optimizer.validate import OutputStats
+from optimizer.validation_record import DivergenceResult, FixTrial, LayerError, MeasuredFix, OutputError, ValidationResult
 from calibration.opset import upgrade_opset
 
 # Ops a precision stage inserts that carry a tensor's value through unchanged in meaning.
@@ -47,45 +48,8 @@ class Tolerance:
     min_snr_db: float = 20.0
     min_cosine: float = 0.99
 
-    def diverges(self, stats: dict[str, Any]) -> bool:
-        return stats["snr_db"] < self.min_snr_db or stats["cosine_min"] < self.min_cosine or stats["nonfinite"] > 0
-
-
-@dataclass
-class LayerError:
-    order: int  # position of the node in the reference's topological order
-    node: str  # the reference node that produces the tensor
-    op_type: str
-    tensor: str  # the reference tensor name
-    candidate_tensor: str  # what it is called in the candidate
-    # "node": the node's output in the candidate (all error up to here); "requantized": the
-    # tensor after the candidate's Q/DQ or Cast; "local": the error this node adds on exact inputs
-    kind: str
-    snr_db: float
-    cosine_min: float
-    max_rel: float
-    mean_abs: float
-    nonfinite: int
-    diverges: bool
-
-
-@dataclass
-class DivergenceResult:
-    reference: str
-    candidate: str
-    samples: int
-    tolerance: dict[str, float]
-    chunk: int
-    sessions: int  # ORT session pairs built (one per chunk)
-    compared: int  # tensors compared
-    layers: list[LayerError]
-    first: LayerError | None
-    recommend_exclude: list[str]  # node names for precision.exclude / --exclude
-    reason: str  # why these nodes
-    quantized: list[str]  # every quantized compute node of the candidate, in topological order
-    peak_rss_anon_mb: float  # sampled after every session build and run
-    baseline_rss_anon_mb: float  # before the search started
-    seconds: float = 0.0
+    def diverges(self, stats: OutputError) -> bool:
+        return stats.snr_db < self.min_snr_db or stats.cosine_min < self.min_cosine or stats.nonfinite > 0
 
 
 def rss_anon_mb() -> float:
@@ -304,8 +268,8 @@ def _layer_errors(pairs: list, stats: dict[int, OutputStats], tolerance: Toleran
         layers.append(
             LayerError(
                 order=p.order, node=p.node, op_type=p.op_type, tensor=p.ref_name, candidate_tensor=p.cand_name, kind=p.kind,
-                snr_db=s["snr_db"], cosine_min=s["cosine_min"], max_rel=s["max_rel"], mean_abs=s["mean_abs"],
-                nonfinite=s["nonfinite"], diverges=tolerance.diverges(s),
+                snr_db=s.snr_db, cosine_min=s.cosine_min, max_rel=s.max_rel, mean_abs=s.mean_abs,
+                nonfinite=s.nonfinite, diverges=tolerance.diverges(s),
             )
         )
     return layers
@@ -408,6 +372,7 @@ def find_divergence(
         peak_rss_anon_mb=round(peak, 1),
         baseline_rss_anon_mb=round(baseline, 1),
         seconds=time.perf_counter() - start,
+        hint=exclude_hint(recommend),
     )
 
 
@@ -470,18 +435,11 @@ def _behind(first: LayerError, cand_model: ir.Model, quantized: set[str], quanti
     return sorted(found)
 
 
-def divergence_to_dict(result: DivergenceResult) -> dict[str, Any]:
-    """JSON form for the report (the per-layer rows are what the HTML plot draws)."""
-    data = asdict(result)
-    data["hint"] = exclude_hint(result)
-    return data
-
-
-def exclude_hint(result: DivergenceResult) -> str:
-    if not result.recommend_exclude:
+def exclude_hint(nodes: list[str]) -> str:
+    """The recommendation as the recipe line and the flag that apply it."""
+    if not nodes:
         return ""
-    names = ",".join(result.recommend_exclude)
-    return f"keep in FP32: recipe precision.exclude: [{', '.join(result.recommend_exclude)}] or trtforge quantize --exclude {names}"
+    return f"keep in FP32: recipe precision.exclude: [{', '.join(nodes)}] or trtforge quantize --exclude {','.join(nodes)}"
 
 
 # ---------------------------------------------------------------- a recommendation, measured
@@ -498,26 +456,6 @@ MIN_FIX_PROGRESS = 0.02
 # What accuracy metrics can be at all: a gate outside these bounds cannot pass, whatever is excluded.
 _BOUNDS = {"min_cosine": (-1.0, 1.0), "min_top1_agreement": (0.0, 1.0), "min_top5_agreement": (0.0, 1.0),
            "nonfinite_values": (0.0, math.inf), "max_abs_error": (0.0, math.inf), "max_rel_error": (0.0, math.inf)}
-
-
-@dataclass
-class FixTrial:
-    exclude: list[str]  # nodes put back in float for this run
-    metrics: dict[str, float]  # the failing gates' metrics, measured
-    passed: bool  # every re-measured gate holds
-
-
-@dataclass
-class MeasuredFix:
-    gates: list[str]  # the failing accuracy gates, re-measured after each trial
-    before: dict[str, float]
-    trials: list[FixTrial]
-    passed: bool
-    exclude: list[str]  # the first passing trial's nodes, else the last one tried
-    distributed: bool  # the recommendation closed less than LOCAL_GAP_SHARE of the gap
-    verdict: str  # one paragraph: what was measured and what to do
-    seconds: float = 0.0
-    stopped: str = ""  # why the greedy extension stopped: passed, no progress, or its limits
 
 
 def exclude_in_candidate(reference: ir.Model, candidate: ir.Model, nodes: Iterable[str]) -> list[str]:
@@ -606,7 +544,7 @@ def measure_fix(
     validation_reference: str | Path,
     samples,
     failing: list[str],
-    validation: dict[str, Any],
+    validation: ValidationResult,
     *,
     labels: list[Any] | None = None,
     metric=None,
@@ -640,7 +578,7 @@ def measure_fix(
 
     class_like = class_like_outputs(load_model(validation_reference))
 
-    def measure(model: ir.Model, tmp: Path, step: int) -> dict[str, Any]:
+    def measure(model: ir.Model, tmp: Path, step: int) -> ValidationResult:
         path = save_model(model, tmp / f"fix{step}.onnx", external_data=ir.to_proto(model).ByteSize() > PROTOBUF_LIMIT)
         return compare(reference, OrtRunner(path), samples, labels=labels, metric=metric, context=context, class_like=class_like)
 
@@ -729,6 +667,3 @@ def _verdict(fix: MeasuredFix, result: DivergenceResult, per_tensor: bool, metho
             + (f" ({len(last.exclude)} in FP32 cost much of the INT8 speed-up)" if last.passed else "")
             + ". Try instead: " + "; ".join(instead) + ".")
 
-
-def fix_to_dict(fix: MeasuredFix | None) -> dict[str, Any] | None:
-    return asdict(fix) if fix is not None else None

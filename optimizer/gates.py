@@ -7,47 +7,45 @@ fail a broken candidate when it runs with no flags.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from optimizer.conditions import OPERATORS, parse_gate
 from optimizer.errors import ConfigError
 from optimizer.report import GateResult
+from optimizer.validation_record import ValidationResult
 
 
 
-def gate_metrics(validation: dict[str, Any] | None) -> dict[str, float]:
+def gate_metrics(validation: ValidationResult | None) -> dict[str, float]:
     """The numbers a gate can name, flattened from the validation record."""
     if not validation:
         return {}
     metrics: dict[str, float] = {}
-    outputs = validation.get("outputs", [])
+    outputs = validation.outputs
     if outputs:
-        metrics["nonfinite_values"] = sum(o.get("nonfinite", 0) for o in outputs)
-        metrics["max_abs_error"] = max(o["max_abs"] for o in outputs)
-        metrics["max_rel_error"] = max(o["max_rel"] for o in outputs)
-        metrics["min_cosine"] = min(o["cosine_min"] for o in outputs)
-        metrics["min_snr_db"] = min(o["snr_db"] for o in outputs)
-    if task := validation.get("task"):
-        name = task["name"]
-        metrics[name] = task["candidate"]
-        metrics[f"{name}_reference"] = task["reference"]
+        metrics["nonfinite_values"] = sum(o.nonfinite for o in outputs)
+        metrics["max_abs_error"] = max(o.max_abs for o in outputs)
+        metrics["max_rel_error"] = max(o.max_rel for o in outputs)
+        metrics["min_cosine"] = min(o.cosine_min for o in outputs)
+        metrics["min_snr_db"] = min(o.snr_db for o in outputs)
+    if task := validation.task:
+        metrics[task.name] = task.candidate
+        metrics[f"{task.name}_reference"] = task.reference
         # "increase" reads naturally for lower-is-better metrics (error rates), "drop" for the rest.
-        metrics[f"{name}_increase"] = task["change"]
-        metrics[f"{name}_drop"] = -task["change"]
-    if lat := validation.get("latency"):
-        metrics["p50_speedup"] = lat["p50_speedup"]
-        if "paired_speedup" in lat:
-            metrics["paired_speedup"] = lat["paired_speedup"]
-        metrics["candidate_p50_ms"] = lat["candidate"]["p50_ms"]
-    top1 = [o["top1_agreement"] for o in outputs if "top1_agreement" in o]
-    if top1:
-        metrics["min_top1_agreement"] = min(top1)
-        metrics["min_top5_agreement"] = min(o["top5_agreement"] for o in outputs if "top5_agreement" in o)
-    if noise := validation.get("noise"):
-        metrics["noise_max_abs"] = noise["max_abs"]
+        metrics[f"{task.name}_increase"] = task.change
+        metrics[f"{task.name}_drop"] = -task.change
+    if lat := validation.latency:
+        metrics["p50_speedup"] = lat.p50_speedup
+        if lat.paired_speedup is not None:
+            metrics["paired_speedup"] = lat.paired_speedup
+        metrics["candidate_p50_ms"] = lat.candidate.p50_ms
+    if class_like := validation.class_like():
+        metrics["min_top1_agreement"] = min(o.top1_agreement for o in class_like)
+        metrics["min_top5_agreement"] = min(o.top5_agreement for o in class_like)
+    if noise := validation.noise:
+        metrics["noise_max_abs"] = noise.max_abs
         if outputs:
             # How many times the reference's own run-to-run spread the candidate's error is.
-            metrics["error_to_noise"] = _ratio(metrics["max_abs_error"], noise["max_abs"])
+            metrics["error_to_noise"] = _ratio(metrics["max_abs_error"], noise.max_abs)
     return metrics
 
 
@@ -88,20 +86,20 @@ DEFAULT_GATES_DOC = (
 )
 
 
-def default_gates(validation: dict[str, Any] | None) -> list[str]:
+def default_gates(validation: ValidationResult | None) -> list[str]:
     """The gates that apply when none is given, for what this validation measured."""
-    if not validation or not validation.get("outputs"):
+    if not validation or not validation.outputs:
         return []
     gates = ["nonfinite_values==0", f"min_cosine>={DEFAULT_MIN_COSINE:g}", f"min_snr_db>={DEFAULT_MIN_SNR_DB:g}"]
-    if any("top1_agreement" in o for o in validation["outputs"]):
+    if validation.class_like():
         gates.append(f"min_top1_agreement>={DEFAULT_MIN_TOP1:g}")
-    if task := validation.get("task"):
-        bound = DEFAULT_TASK_POINTS if task.get("unit") == "%" else DEFAULT_TASK_FRACTION
-        gates.append(f"{task['name']}_{'drop' if task['higher_is_better'] else 'increase'}<={bound:g}")
+    if task := validation.task:
+        bound = DEFAULT_TASK_POINTS if task.unit == "%" else DEFAULT_TASK_FRACTION
+        gates.append(f"{task.name}_{'drop' if task.higher_is_better else 'increase'}<={bound:g}")
     return gates
 
 
-def regression_metrics(validation: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, float]:
+def regression_metrics(validation: ValidationResult | None, baseline: ValidationResult | None) -> dict[str, float]:
     """Gate metrics against a previous release's report: positive numbers are regressions.
 
     ``{metric}_regression``: the task metric got worse by this much (in its own unit, whichever
@@ -113,10 +111,10 @@ def regression_metrics(validation: dict[str, Any] | None, baseline: dict[str, An
         return {}
     now, before = gate_metrics(validation), gate_metrics(baseline)
     metrics: dict[str, float] = {}
-    task, old_task = validation.get("task"), baseline.get("task")
-    if task and old_task and task["name"] == old_task["name"]:
-        sign = -1.0 if task["higher_is_better"] else 1.0
-        metrics[f"{task['name']}_regression"] = sign * (task["candidate"] - old_task["candidate"])
+    task, old_task = validation.task, baseline.task
+    if task and old_task and task.name == old_task.name:
+        sign = -1.0 if task.higher_is_better else 1.0
+        metrics[f"{task.name}_regression"] = sign * (task.candidate - old_task.candidate)
     if "candidate_p50_ms" in now and "candidate_p50_ms" in before:
         metrics["p50_regression_pct"] = 100.0 * (now["candidate_p50_ms"] / before["candidate_p50_ms"] - 1.0)
         metrics["speedup_regression_pct"] = 100.0 * (1.0 - now["p50_speedup"] / before["p50_speedup"])
@@ -125,7 +123,7 @@ def regression_metrics(validation: dict[str, Any] | None, baseline: dict[str, An
     return metrics
 
 
-def diff_metrics(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[tuple[str, float | None, float | None]]:
+def diff_metrics(old: ValidationResult | None, new: ValidationResult | None) -> list[tuple[str, float | None, float | None]]:
     """Every gate metric of two validation records side by side (release N-1 vs N)."""
     a, b = gate_metrics(old), gate_metrics(new)
     return [(name, a.get(name), b.get(name)) for name in sorted(set(a) | set(b))]
@@ -138,8 +136,8 @@ def check_syntax(expressions: list[str]) -> None:
 
 def evaluate_gates(
     expressions: list[str],
-    validation: dict[str, Any] | None,
-    baseline: dict[str, Any] | None = None,
+    validation: ValidationResult | None,
+    baseline: ValidationResult | None = None,
     *,
     defaults: bool = False,
 ) -> list[GateResult]:

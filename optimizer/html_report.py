@@ -13,7 +13,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from optimizer.report import Report, _fmt, _summary_text, accuracy_rows, data_rows, data_sentence, fix_rows
+from optimizer.report import Report, _fmt, _summary_text, accuracy_rows, data_rows, data_sentence
+from optimizer.validation_record import DivergenceResult, Latency, ValidationResult
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:24px auto;max-width:1100px;color:#1d2330;padding:0 16px}
@@ -68,8 +69,8 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
-def layer_error_plot(divergence: dict[str, Any]) -> str:
-    layers = divergence["layers"]
+def layer_error_plot(divergence: DivergenceResult) -> str:
+    layers = divergence.layers
     fig = _figure(10, 3.6)
     ax = fig.add_subplot()
     clip = lambda v: max(min(v, 80.0), -20.0)  # noqa: E731  (SNR of exact tensors is 999)
@@ -77,15 +78,15 @@ def layer_error_plot(divergence: dict[str, Any]) -> str:
         ("node", dict(color="#1f5fbf", lw=1.2), "node output (all error so far)"),
         ("local", dict(color="#e07b00", ls="none", marker="o", ms=3), "quantized node on exact inputs (its own error)"),
     ):
-        points = [(layer["order"], clip(layer["snr_db"])) for layer in layers if layer["kind"] == kind]
+        points = [(layer.order, clip(layer.snr_db)) for layer in layers if layer.kind == kind]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, label=label, **style)
-    tol = divergence["tolerance"]["min_snr_db"]
+    tol = divergence.tolerance["min_snr_db"]
     ax.axhline(tol, color="#c62828", ls="--", lw=1, label=f"tolerance {tol:g} dB")
-    if first := divergence.get("first"):
-        ax.axvline(first["order"], color="#c62828", lw=0.8)
-        ax.annotate(f"first divergent: {first['node']}", (first["order"], clip(first["snr_db"])), xytext=(8, 8),
+    if first := divergence.first:
+        ax.axvline(first.order, color="#c62828", lw=0.8)
+        ax.annotate(f"first divergent: {first.node}", (first.order, clip(first.snr_db)), xytext=(8, 8),
                     textcoords="offset points", fontsize=8, color="#c62828")
     ax.set_xlabel("node position (topological order)")
     ax.set_ylabel("SNR vs FP32 (dB)")
@@ -94,10 +95,11 @@ def layer_error_plot(divergence: dict[str, Any]) -> str:
     return _svg(fig)
 
 
-def latency_histogram(latency: dict[str, Any]) -> str:
+def latency_histogram(latency: Latency) -> str:
     fig = _figure(7, 3)
     ax = fig.add_subplot()
-    series = {name: latency[name].get("samples_ms") for name in ("reference", "candidate")}
+    timings = {"reference": latency.reference, "candidate": latency.candidate}
+    series = {name: t.samples_ms for name, t in timings.items()}
     values = [v for s in series.values() if s for v in s]
     if not values:
         return ""
@@ -105,8 +107,8 @@ def latency_histogram(latency: dict[str, Any]) -> str:
     bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
     for (name, samples), color in zip(series.items(), ("#1f5fbf", "#e07b00")):
         if samples:
-            ax.hist(samples, bins=bins, alpha=0.55, color=color, label=f"{name} (p50 {latency[name]['p50_ms']:.2f} ms)")
-            ax.axvline(latency[name]["p50_ms"], color=color, lw=1)
+            ax.hist(samples, bins=bins, alpha=0.55, color=color, label=f"{name} (p50 {timings[name].p50_ms:.2f} ms)")
+            ax.axvline(timings[name].p50_ms, color=color, lw=1)
     ax.set_xlabel("latency per inference (ms)")
     ax.set_ylabel("iterations")
     ax.legend(fontsize=8)
@@ -175,50 +177,50 @@ def _precision(report: Report, culprits: set[str]) -> str:
     return "".join(parts)
 
 
-def _accuracy(val: dict[str, Any]) -> str:
+def _accuracy(val: ValidationResult) -> str:
     headers = ["output", "max abs", "mean abs", "max rel", "min cosine", "SNR (dB)"]
     rows = accuracy_rows(val)
-    if any("top1_agreement" in o for o in val.get("outputs", [])):
+    if val.class_like():
         headers += ["top-1 agree", "top-5 agree"]
-        for row, out in zip(rows, val["outputs"]):
-            row += [f"{out['top1_agreement']:.2%}", f"{out['top5_agreement']:.2%}"] if "top1_agreement" in out else ["", ""]
+        for row, out in zip(rows, val.outputs):
+            row += [f"{out.top1_agreement:.2%}", f"{out.top5_agreement:.2%}"] if out.top1_agreement is not None else ["", ""]
     parts = [f"<p>Validation data: {_e(data_sentence(val).replace('`', ''))}</p>"]
     if inputs := data_rows(val):
         parts.append(_table(["input", "dtype", "shapes", "value range"], inputs))
     parts.append(_table(headers, rows, set(range(1, len(headers)))))
-    if task := val.get("task"):
-        unit = task.get("unit", "")
+    if task := val.task:
+        unit = task.unit
         parts.append(
-            f"<p>Task metric <b>{_e(task['name'])}</b> ({'higher' if task['higher_is_better'] else 'lower'} is better): "
-            f"reference <b>{_e(_fmt(task['reference']))}{_e(unit)}</b>, candidate <b>{_e(_fmt(task['candidate']))}{_e(unit)}</b> "
-            f"(change {task['change']:+.4g}{_e(unit)}).</p>"
+            f"<p>Task metric <b>{_e(task.name)}</b> ({'higher' if task.higher_is_better else 'lower'} is better): "
+            f"reference <b>{_e(_fmt(task.reference))}{_e(unit)}</b>, candidate <b>{_e(_fmt(task.candidate))}{_e(unit)}</b> "
+            f"(change {task.change:+.4g}{_e(unit)}).</p>"
         )
-    if noise := val.get("noise"):
+    if noise := val.noise:
         parts.append(
-            f"<p>Reference noise floor ({_e(' vs '.join(noise['configurations']))}, {noise['samples']} samples): "
-            f"max abs {_e(_fmt(noise['max_abs']))}.</p>"
+            f"<p>Reference noise floor ({_e(' vs '.join(noise.configurations))}, {noise.samples} samples): "
+            f"max abs {_e(_fmt(noise.max_abs))}.</p>"
         )
     return "".join(parts)
 
 
-def _divergence(div: dict[str, Any]) -> str:
+def _divergence(div: DivergenceResult) -> str:
     parts = [
-        f"<p>{div['compared']} tensors compared on {div['samples']} sample(s), {div['chunk']} per ORT session "
-        f"({div['sessions']} sessions); peak RssAnon {div['peak_rss_anon_mb']:.0f} MB "
-        f"(before: {div['baseline_rss_anon_mb']:.0f} MB); {div['seconds']:.1f} s.</p>"
+        f"<p>{div.compared} tensors compared on {div.samples} sample(s), {div.chunk} per ORT session "
+        f"({div.sessions} sessions); peak RssAnon {div.peak_rss_anon_mb:.0f} MB "
+        f"(before: {div.baseline_rss_anon_mb:.0f} MB); {div.seconds:.1f} s.</p>"
     ]
-    if first := div.get("first"):
+    if first := div.first:
         parts.append(
-            f"<p>First divergent: <b>{_e(first['node'])}</b> ({_e(first['op_type'])}), tensor <code>{_e(first['tensor'])}</code>, "
-            f"SNR {first['snr_db']:.1f} dB.</p><p>{_e(div['reason'])}</p>"
+            f"<p>First divergent: <b>{_e(first.node)}</b> ({_e(first.op_type)}), tensor <code>{_e(first.tensor)}</code>, "
+            f"SNR {first.snr_db:.1f} dB.</p><p>{_e(div.reason)}</p>"
         )
-        if div.get("recommend_exclude"):
-            parts.append(f"<p>Fix: <code>{_e(div['hint'])}</code></p>")
-        if fix := div.get("fix"):
-            names = list(fix["before"])
-            rows = [[i, len(t["exclude"]), *(_fmt(t["metrics"][m]) for m in names), "pass" if t["passed"] else "fail"]
-                    for i, t in enumerate(fix_rows(fix))]
-            parts.append(f"<p>Measured fix: {_e(fix['verdict'])}</p>")
+        if div.recommend_exclude:
+            parts.append(f"<p>Fix: <code>{_e(div.hint)}</code></p>")
+        if fix := div.fix:
+            names = list(fix.before)
+            rows = [[i, len(t.exclude), *(_fmt(t.metrics[m]) for m in names), "pass" if t.passed else "fail"]
+                    for i, t in enumerate(fix.rows())]
+            parts.append(f"<p>Measured fix: {_e(fix.verdict)}</p>")
             parts.append(_table(["trial", "nodes in FP32", *names, "gates"], rows, set(range(0, len(names) + 2))))
     else:
         parts.append("<p>No tensor diverges beyond tolerance.</p>")
@@ -226,24 +228,40 @@ def _divergence(div: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def to_html(report: Report) -> str:
-    status = "PASSED" if report.passed else "FAILED"
-    name = Path(report.model.get("path", "?")).name
-    val = report.validation or {}
-    div = val.get("divergence")
-    culprits = set(div.get("recommend_exclude", [])) if div else set()
+def _latency(lat: Latency) -> list[str]:
+    timings = (("reference", lat.reference), ("candidate", lat.candidate))
+    body = [
+        f"<h2>Latency ({_e(lat.runtime)}, {_e(lat.threads)} thread(s), {_e(lat.iterations)} interleaved iterations)</h2>",
+        _table(["model", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)"],
+               [[n, f"{t.p50_ms:.2f}", f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", f"{t.mean_ms:.2f}"] for n, t in timings], {1, 2, 3, 4}),
+        _plot(latency_histogram, lat),
+    ]
+    return body + ([f'<p class="meta">{_e(lat.note)}</p>'] if lat.note else [])
+
+
+def _kpis(report: Report) -> list[str]:
+    val = report.validation
     kpis = []
-    if task := val.get("task"):
-        unit = task.get("unit", "")
-        kpis.append(_kpi(f"{task['name']} reference → candidate", f"{_fmt(task['reference'])} → {_fmt(task['candidate'])}{unit}"))
-    if outputs := val.get("outputs"):
-        kpis.append(_kpi("min SNR (dB)", _fmt(min(o["snr_db"] for o in outputs))))
-    if lat := val.get("latency"):
-        paired = f" (paired {lat['paired_speedup']:.2f}x)" if "paired_speedup" in lat else ""
-        kpis.append(_kpi("p50 speed-up", f"{lat['p50_speedup']:.2f}x{paired}"))
+    if val and (task := val.task):
+        kpis.append(_kpi(f"{task.name} reference → candidate", f"{_fmt(task.reference)} → {_fmt(task.candidate)}{task.unit}"))
+    if val and val.outputs:
+        kpis.append(_kpi("min SNR (dB)", _fmt(min(o.snr_db for o in val.outputs))))
+    if val and (lat := val.latency):
+        paired = f" (paired {lat.paired_speedup:.2f}x)" if lat.paired_speedup is not None else ""
+        kpis.append(_kpi("p50 speed-up", f"{lat.p50_speedup:.2f}x{paired}"))
     if prec := report.stage("precision"):
         if "INT8 weight share" in prec.summary:
             kpis.append(_kpi("INT8 weight share", f"{prec.summary['INT8 weight share']:.1%}"))
+    return kpis
+
+
+def to_html(report: Report) -> str:
+    status = "PASSED" if report.passed else "FAILED"
+    name = Path(report.model.get("path", "?")).name
+    val = report.validation
+    div = val.divergence if val else None
+    culprits = set(div.recommend_exclude) if div else set()
+    kpis = _kpis(report)
     body = [
         f"<h1>trtforge report: {_e(name)} <span class=\"badge {'pass' if report.passed else 'fail'}\">{status}</span></h1>",
         f"<div class=\"meta\">created {_e(report.created)} · model sha256 <code>{_e(str(report.model.get('sha256', '?'))[:16])}</code> · "
@@ -260,16 +278,8 @@ def to_html(report: Report) -> str:
         body += ["<h2>Accuracy (candidate vs FP32 reference)</h2>", _accuracy(val)]
         if div:
             body += ["<h2>Per-layer error (first-divergent-layer search)</h2>", _divergence(div)]
-        if lat:
-            body += [
-                f"<h2>Latency ({_e(lat.get('runtime', ''))}, {_e(lat['threads'])} thread(s), {_e(lat['iterations'])} interleaved iterations)</h2>",
-                _table(["model", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)"],
-                       [[n, f"{lat[n]['p50_ms']:.2f}", f"{lat[n]['p90_ms']:.2f}", f"{lat[n]['p99_ms']:.2f}", f"{lat[n]['mean_ms']:.2f}"]
-                        for n in ("reference", "candidate")], {1, 2, 3, 4}),
-                _plot(latency_histogram, lat),
-            ]
-            if lat.get("note"):
-                body.append(f'<p class="meta">{_e(lat["note"])}</p>')
+        if val.latency:
+            body += _latency(val.latency)
     warnings = report.warnings + [f"{s.name}: {w}" for s in report.stages for w in s.warnings]
     if warnings:
         body += ["<h2>Warnings</h2><ul>", *[f'<li class="warn">{_e(w)}</li>' for w in warnings], "</ul>"]

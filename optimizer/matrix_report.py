@@ -58,8 +58,8 @@ def report_row(variant, report: Report, out_root: Path, seconds: float) -> dict[
     row["gates"] = [{"expression": g.expression, "passed": g.passed, "message": g.message} for g in report.gates]
     metrics = gate_metrics(report.validation)
     row["metrics"] = {k: metrics[k] for k in HEADLINE if k in metrics}
-    if task := (report.validation or {}).get("task"):
-        row["metrics"][f"{task['name']} ref → cand"] = f"{_fmt(task['reference'])} → {_fmt(task['candidate'])}{task.get('unit', '')}"
+    if report.validation and (task := report.validation.task):
+        row["metrics"][f"{task.name} ref → cand"] = f"{_fmt(task.reference)} → {_fmt(task.candidate)}{task.unit}"
     build = report.stage("build")
     if build is not None:
         row["engine"] = build.reason if build.status == "skipped" else "; ".join(

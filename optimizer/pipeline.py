@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +18,16 @@ from typing import Any
 
 import onnx_ir as ir
 
-from calibration.data import Limited
+from calibration.data import SYNTHETIC_SAMPLES, Limited
 from optimizer.cache import StageCache, cache_key, restore, tool_versions
 from optimizer.errors import ConfigError, InputError, NothingToQuantize, UnparsableModel, ValidationError
 from optimizer.gates import check_syntax, evaluate_gates
 from optimizer.model import artifact_files, content_hash, count_nodes, input_specs, load_model, metadata, opset_of, save_model
 from optimizer.progress import Progress
-from optimizer.recipe import Recipe
+from optimizer.recipe import Recipe, recipe_from_dict
 from optimizer.shapes import ResolvedShapes, parse_dims, parse_profiles, parse_shapes, resolve_model_shapes
 from optimizer.report import Report, StageRecord, environment
+from optimizer.validation_record import Latency, NoiseFloor, ValidationResult
 
 
 @dataclass
@@ -66,6 +65,8 @@ class Stage:
     produces_model = True  # False: the artifact (an engine) does not feed later stages
     # True for the stage whose input is what the first-divergent-layer search compares against.
     sets_precision = False
+    # True when the stage fits something to the calibration data (the report warns when that was random).
+    calibrates = False
 
     def check(self, ctx: RunContext) -> None:
         """Raise ConfigError when the recipe asks this stage for something it cannot do; runs before any stage."""
@@ -149,6 +150,7 @@ class PruneStage(Stage):
     """2:4 sparsity and/or channel pruning (``optimizer.pruning``), repaired on the calibration data."""
 
     name = "prune"
+    calibrates = True
 
     def enabled(self, ctx):
         return None if ctx.recipe.prune.enabled else "disabled in the recipe"
@@ -173,30 +175,19 @@ class PruneStage(Stage):
         return base + ("val_data",) if ctx.recipe.prune.max_error is not None else base
 
     def run(self, ctx, model_path):
-        from optimizer.pruning import prune
+        from optimizer.pruning import prune_model
 
         cfg = ctx.recipe.prune
         out = ctx.out_dir / f"{ctx.stem}.pruned.onnx"
         source = ctx.data.calib
         total = min(len(source), cfg.max_samples or len(source)) if source is not None else 0
-        options = dict(
-            sparsity=cfg.sparsity,
-            source=source,
-            method=cfg.method,
-            criterion=cfg.criterion,
-            reconstruct=cfg.reconstruct,
-            exclude=cfg.exclude,
-            samples=cfg.max_samples,
-            input_shapes=ctx.shapes.opt(),
-        )
         with ctx.progress.task("pruning statistics", total) as update:
-            if cfg.max_error is not None:
-                from optimizer.pruning import prune_within_error
-
-                result = prune_within_error(model_path, out, val=ctx.data.val, max_error=cfg.max_error, progress=update, **options)
-            else:
-                result = prune(model_path, out, channels=cfg.channels, flops_target=cfg.flops_target, progress=update,
-                               force=cfg.force, **options)
+            result = prune_model(
+                model_path, out, max_error=cfg.max_error, val=ctx.data.val, channels=cfg.channels, flops_target=cfg.flops_target,
+                force=cfg.force, sparsity=cfg.sparsity, source=source, method=cfg.method, criterion=cfg.criterion,
+                reconstruct=cfg.reconstruct, exclude=cfg.exclude, samples=cfg.max_samples, input_shapes=ctx.shapes.opt(),
+                progress=update,
+            )
         if result.check is not None and not result.check["passed"] and result.output is None:
             from optimizer.errors import GateFailed
             from optimizer.pruning.check import check_summary, failure_advice
@@ -234,7 +225,7 @@ def _pruned_task_metric(ctx: RunContext, original: Path, pruned: Path) -> dict:
     with ctx.progress.task("task metric of the pruned model", len(ctx.data.val)) as update:
         result = compare(OrtRunner(original), OrtRunner(pruned), ctx.data.val, labels=ctx.data.val.labels, metric=ctx.data.metric,
                          context=MetricContext(metadata=metadata(load_model(original))), progress=update)
-    return result["task"]
+    return dataclasses.asdict(result.task)  # stage details are plain JSON
 
 
 # Ops that mean the model already carries its own integer precision: quantizing again would
@@ -248,6 +239,7 @@ QUANTIZED_OPS = frozenset({
 class PrecisionStage(Stage):
     name = "precision"
     sets_precision = True
+    calibrates = True
 
     def skippable(self, ctx):
         return (NothingToQuantize,)
@@ -261,9 +253,17 @@ class PrecisionStage(Stage):
         return None
 
     def check(self, ctx):
+        from calibration import MODES
+
         cfg = ctx.recipe.precision
         if cfg.mode != "none" and cfg.budget and ctx.data.val is None:
             raise ConfigError(f"precision.budget '{cfg.budget}' is measured on validation data: pass --val DIR or set validate.data")
+        if cfg.mode in MODES and ctx.data.calib is None and self.enabled(ctx) is None:
+            # Every quantize mode calibrates (int4-weight checks the quantized model on the data too).
+            raise ConfigError(
+                f"{cfg.mode.upper()} needs calibration data: pass --calib DIR (a folder of .npz samples) or set precision.calib "
+                "in the recipe (or --synthetic to calibrate on random data, knowingly; or --precision none)"
+            )
 
     def validation_note(self, ctx):
         if ctx.recipe.precision.mode == "bf16":
@@ -279,72 +279,53 @@ class PrecisionStage(Stage):
         cfg = ctx.recipe.precision
         if cfg.mode in ("fp16", "bf16"):
             return self._autocast(ctx, model_path)
-        from calibration import quantize
+        from calibration import CARRIED_PRECISION
+        from calibration.sensitivity import quantize_model
 
-        suffix = {"int8": "int8", "fp8": "fp8", "int4-weight": "int4"}[cfg.mode]
-        out = ctx.out_dir / f"{ctx.stem}.{suffix}.onnx"
-        budget = None
-        if cfg.budget:
-            from calibration.sensitivity import quantize_with_budget, report
-            from optimizer.validate import metric_scorer
+        out = ctx.out_dir / f"{ctx.stem}.{CARRIED_PRECISION[cfg.mode]}.onnx"
+        label, total = ("budget search", None) if cfg.budget else ("calibrating", len(ctx.data.calib))
+        with ctx.progress.task(label, total) as update:
+            outcome = quantize_model(
+                model_path, out, ctx.data.calib, target=cfg.target, method=cfg.method, per_channel=cfg.per_channel,
+                percentile=cfg.percentile, exclude=cfg.exclude, mode=cfg.mode, block_size=cfg.block_size,
+                int4_method=cfg.int4_method, progress=update, **self._budget_options(ctx, model_path),
+            )
+        return artifact_files(out), self._record(cfg, out, outcome)
 
-            if ctx.data.val is None:
-                raise ConfigError(f"precision.budget '{cfg.budget}' is measured on validation data: pass --val DIR")
-            val = list(ctx.data.val)
-            # The metric file was executed once, before any stage (RunData.metric): not again here.
-            metric, higher = metric_scorer(ctx.data.metric, ctx.data.val.labels, model_path)
-            with ctx.progress.task("budget search", None):
-                budget = quantize_with_budget(
-                    model_path, out, ctx.data.calib, val, budget=cfg.budget, metric=metric, higher_is_better=higher,
-                    target=cfg.target, method=cfg.method, per_channel=cfg.per_channel, percentile=cfg.percentile,
-                    exclude=cfg.exclude, mode=cfg.mode,
-                )
-            result = budget.quantize
-        else:
-            with ctx.progress.task("calibrating", len(ctx.data.calib)) as update:
-                result = quantize(
-                    model_path,
-                    out,
-                    ctx.data.calib,
-                    target=cfg.target,
-                    method=cfg.method,
-                    per_channel=cfg.per_channel,
-                    percentile=cfg.percentile,
-                    exclude=cfg.exclude,
-                    progress=update,
-                    mode=cfg.mode,
-                    block_size=cfg.block_size,
-                    int4_method=cfg.int4_method,
-                )
-        details = dataclasses.asdict(result)
-        if budget is not None:
-            details["budget"] = report(budget)
+    def _budget_options(self, ctx, model_path) -> dict:
+        """``quantize_model``'s budget arguments from the recipe and the run's data (none without a budget)."""
+        cfg = ctx.recipe.precision
+        if not cfg.budget:
+            return {}
+        from optimizer.validate import metric_scorer
+
+        # The metric file was executed once, before any stage (RunData.metric): not again here.
+        metric, higher = metric_scorer(ctx.data.metric, ctx.data.val.labels, model_path)
+        return dict(budget=cfg.budget, val=list(ctx.data.val), metric=metric, higher_is_better=higher)
+
+    def _record(self, cfg, out: Path, outcome) -> StageRecord:
+        """The report's view of a quantize run: summary, details (the budget search under 'budget'), warnings."""
+        from calibration import CARRIED_PRECISION
+
+        result, search = outcome.result, outcome.search
         warnings = []
-        if details.get("fingerprint", {}).get("synthetic"):
+        if result.fingerprint.synthetic:
             warnings.append("calibrated on SYNTHETIC random data: accuracy numbers do not reflect real inputs")
         if result.skipped:
             warnings.append(f"{len(result.skipped)} Conv/Gemm/MatMul node(s) left in FP32 (see details.skipped)")
-        if budget is not None and not budget.met:
-            warnings.append(f"precision budget {budget.budget} NOT met even with {len(budget.kept)} layer(s) in FP32")
-        record = StageRecord(
-            name=self.name,
-            status="ran",
-            artifact=str(out),
-            summary={
-                "target": cfg.target,
-                "mode": cfg.mode,
-                "method": result.method,
-                "quantized nodes": len(result.quantized_nodes),
-                f"{suffix.upper()} weight share": round(result.quantized_weight_share, 4),
-                "samples": result.fingerprint.count,
-                **({"budget": f"{budget.budget} {'met' if budget.met else 'NOT met'}, {len(budget.kept)} layer(s) kept FP32"}
-                   if budget is not None else {}),
-            },
-            details=details,
-            warnings=warnings,
-        )
-        return artifact_files(out), record
-
+        if search is not None and not search.met:
+            warnings.append(f"precision budget {search.budget} NOT met even with {len(search.kept)} layer(s) in FP32")
+        summary = {
+            "target": cfg.target,
+            "mode": cfg.mode,
+            "method": result.method,
+            "quantized nodes": len(result.quantized_nodes),
+            f"{CARRIED_PRECISION[cfg.mode].upper()} weight share": round(result.quantized_weight_share, 4),
+            "samples": result.fingerprint.count,
+        }
+        if search is not None:
+            summary["budget"] = f"{search.budget} {'met' if search.met else 'NOT met'}, {len(search.kept)} layer(s) kept FP32"
+        return StageRecord(name=self.name, status="ran", artifact=str(out), summary=summary, details=outcome.details(), warnings=warnings)
 
     def _autocast(self, ctx, model_path):
         """FP16/BF16 through Casts in the graph (TensorRT 11 is strongly typed: no builder flag does this)."""
@@ -543,16 +524,16 @@ def _metric_sha256(recipe: Recipe) -> str:
 def _synthetic(specs, recipe: Recipe, shapes: ResolvedShapes):
     from calibration import synthetic_source, validate_source
 
-    source = synthetic_source(specs, count=recipe.precision.max_samples or 16, shapes=shapes.opt(), seed=0)
+    source = synthetic_source(specs, count=recipe.precision.max_samples or SYNTHETIC_SAMPLES, shapes=shapes.opt(), seed=0)
     return source, dataclasses.asdict(validate_source(source, specs))
 
 
 # ---------------------------------------------------------------- validation
 
 
-def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[StageRecord, dict | None]:
+def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[StageRecord, ValidationResult | None]:
     from optimizer.runners import OrtRunner
-    from optimizer.validate import MetricContext, class_like_outputs, compare, load_metric, measure_latency, paired_speedup
+    from optimizer.validate import MetricContext, class_like_outputs, compare, load_metric
 
     cfg = ctx.recipe.validate
     if ctx.data.val is None:
@@ -560,9 +541,8 @@ def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[S
     start = time.perf_counter()
     metric = ctx.data.metric or (load_metric(cfg.metric, ctx.recipe.base_dir) if cfg.metric else None)
     ref_model = load_model(reference)
-    threads = cfg.latency.threads
-    ref = OrtRunner(reference, threads=threads)
-    cand = OrtRunner(candidate, threads=threads)
+    ref = OrtRunner(reference, threads=cfg.latency.threads)
+    cand = OrtRunner(candidate, threads=cfg.latency.threads)
     with ctx.progress.task("validating", len(ctx.data.val)) as update:
         result = compare(
             ref,
@@ -574,61 +554,73 @@ def validate_stage(ctx: RunContext, reference: Path, candidate: Path) -> tuple[S
             progress=update,
             class_like=class_like_outputs(ref_model),
         )
-    result["data"] = ctx.data.val_fingerprint
+    result.data = ctx.data.val_fingerprint
     if cfg.noise_samples > 0:
-        from optimizer.validate import reference_noise
-
-        # The second configuration reorders float reductions (other thread count, ORT's fusions):
-        # the spread is the reference's own noise floor, the scale for 'error_to_noise'.
-        second = OrtRunner(reference, threads=2, optimization="all")
-        result["noise"] = reference_noise(
-            {f"ORT basic, {threads or 'default'} thread(s)": ref, "ORT all, 2 threads": second},
-            ctx.data.val,
-            cfg.noise_samples,
-        )
+        result.noise = _noise_floor(ctx, reference, ref)
     if cfg.latency.enabled:
-        feeds = list(Limited(ctx.data.val, cfg.latency.samples))
-        # Timed at ONNX Runtime's default level ("all"), what a CPU deployment runs: only there
-        # does ORT fuse Q/DQ into integer kernels. Accuracy above used "basic" (our graph as is).
-        level = cfg.latency.ort_level
-        timed = {
-            "reference": OrtRunner(reference, threads=threads, optimization=level),
-            "candidate": OrtRunner(candidate, threads=threads, optimization=level),
-        }
-        with ctx.progress.task("timing (interleaved)", cfg.latency.iterations) as update:
-            times = measure_latency(
-                timed,
-                feeds,
-                warmup=cfg.latency.warmup,
-                iterations=cfg.latency.iterations,
-                progress=update,
-            )
-        lat = {
-            "runtime": "onnxruntime-cpu",
-            "ort_level": level,
-            "threads": threads,
-            "iterations": cfg.latency.iterations,
-            "reference": times["reference"],
-            "candidate": times["candidate"],
-            "p50_speedup": times["reference"]["p50_ms"] / times["candidate"]["p50_ms"],
-            # Iteration i of both models ran back to back on the same input: the median of the
-            # per-iteration ratios cancels slow drift (benchmarks/latency_resolution.py).
-            "paired_speedup": paired_speedup(times["reference"], times["candidate"]),
-        }
-        if ctx.recipe.precision.mode == "int8" and ctx.recipe.precision.target == "tensorrt":
-            lat["note"] = (
-                "tensorrt target: symmetric S8S8 Q/DQ is TensorRT's form and runs slower than FP32 on ONNX Runtime's x86 "
-                "kernels; CPU latency here is informational. CPU speed is measured on the onnxruntime-cpu target; "
-                "the TensorRT speed proxy is the INT8 weight share and the engine build."
-            )
-        result["latency"] = lat
-    summary = {"samples": result["samples"]}
-    if task := result.get("task"):
-        summary[f"{task['name']} ref → cand"] = f"{task['reference']:.3g} → {task['candidate']:.3g}{task.get('unit', '')}"
-    if lat := result.get("latency"):
-        summary["p50 speed-up"] = f"{lat['p50_speedup']:.2f}x"
+        result.latency = _latency(ctx, reference, candidate)
+    summary = {"samples": result.samples}
+    if task := result.task:
+        summary[f"{task.name} ref → cand"] = f"{task.reference:.3g} → {task.candidate:.3g}{task.unit}"
+    if lat := result.latency:
+        summary["p50 speed-up"] = f"{lat.p50_speedup:.2f}x"
     record = StageRecord(name="validate", status="ran", seconds=time.perf_counter() - start, summary=summary)
     return record, result
+
+
+def _noise_floor(ctx: RunContext, reference: Path, first) -> NoiseFloor:
+    """The reference against itself under a second configuration: the scale for 'error_to_noise'.
+
+    The second configuration reorders float reductions (another thread count, ORT's fusions),
+    so the spread is the reference's own run-to-run noise.
+    """
+    from optimizer.runners import OrtRunner
+    from optimizer.validate import reference_noise
+
+    threads = ctx.recipe.validate.latency.threads
+    second = OrtRunner(reference, threads=2, optimization="all")
+    return reference_noise(
+        {f"ORT basic, {threads or 'default'} thread(s)": first, "ORT all, 2 threads": second},
+        ctx.data.val,
+        ctx.recipe.validate.noise_samples,
+    )
+
+
+def _latency(ctx: RunContext, reference: Path, candidate: Path) -> Latency:
+    """Both models timed side by side, interleaved, at ORT's deployment level."""
+    from optimizer.runners import OrtRunner
+    from optimizer.validate import measure_latency, paired_speedup
+
+    cfg = ctx.recipe.validate.latency
+    feeds = list(Limited(ctx.data.val, cfg.samples))
+    # Timed at ONNX Runtime's default level ("all"), what a CPU deployment runs: only there
+    # does ORT fuse Q/DQ into integer kernels. Accuracy used "basic" (our graph as is).
+    timed = {
+        "reference": OrtRunner(reference, threads=cfg.threads, optimization=cfg.ort_level),
+        "candidate": OrtRunner(candidate, threads=cfg.threads, optimization=cfg.ort_level),
+    }
+    with ctx.progress.task("timing (interleaved)", cfg.iterations) as update:
+        times = measure_latency(timed, feeds, warmup=cfg.warmup, iterations=cfg.iterations, progress=update)
+    note = None
+    if ctx.recipe.precision.mode == "int8" and ctx.recipe.precision.target == "tensorrt":
+        note = (
+            "tensorrt target: symmetric S8S8 Q/DQ is TensorRT's form and runs slower than FP32 on ONNX Runtime's x86 "
+            "kernels; CPU latency here is informational. CPU speed is measured on the onnxruntime-cpu target; "
+            "the TensorRT speed proxy is the INT8 weight share and the engine build."
+        )
+    return Latency(
+        runtime="onnxruntime-cpu",
+        ort_level=cfg.ort_level,
+        threads=cfg.threads,
+        iterations=cfg.iterations,
+        reference=times["reference"],
+        candidate=times["candidate"],
+        p50_speedup=times["reference"].p50_ms / times["candidate"].p50_ms,
+        # Iteration i of both models ran back to back on the same input: the median of the
+        # per-iteration ratios cancels slow drift (benchmarks/latency_resolution.py).
+        paired_speedup=paired_speedup(times["reference"], times["candidate"]),
+        note=note,
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -656,43 +648,13 @@ def optimize(
     any artifact is written; a stage that fails later takes this run's artifacts with it.
     Gates are evaluated into the report (``report.passed``); the caller decides the exit code.
     """
-    progress = progress or Progress("quiet")
-    model_path = Path(model_path)
-    out_dir = Path(out_dir)
+    model_path, out_dir = Path(model_path), Path(out_dir)
     all_gates = list(recipe.validate.gates) + list(gates)
     check_syntax(all_gates)
     baseline = load_baseline(recipe.resolve(recipe.validate.baseline))
-
-    model = load_model(model_path)
-    specs = input_specs(model)
-    model_info = _model_info(model_path, model)
-    # Data first: a wrong input name or a NaN must stop the run before any work.
-    data = _open_run_data(recipe, specs, calib, val)
-    resolved = _resolve_run_shapes(model, recipe, data, shapes, dims)
-    model_info["shapes"] = resolved.to_dict()
-    op_types = frozenset(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph))
-    del model
-    if recipe.precision.synthetic and data.calib is None:
-        data.calib, data.calib_fingerprint = _synthetic(specs, recipe, resolved)
-    if recipe.precision.mode == "int8" and data.calib is None and not op_types & QUANTIZED_OPS:
-        # INT8 without data is a config error, never a silent skip or a silent random calibration.
-        raise ConfigError(
-            "INT8 needs calibration data: pass --calib DIR (a folder of .npz samples) or set precision.calib in the recipe "
-            "(or --synthetic to calibrate on random data, knowingly; or --precision none)"
-        )
-    if all_gates and data.val is None:
+    ctx, model_info = _open_run(model_path, out_dir, recipe, calib, val, shapes, dims, use_cache, progress or Progress("quiet"))
+    if all_gates and ctx.data.val is None:
         raise ConfigError(f"gates {all_gates} are checked on validation data: pass --val DIR or set validate.data")
-
-    ctx = RunContext(
-        recipe=recipe,
-        out_dir=out_dir,
-        stem=model_path.stem,
-        data=data,
-        cache=StageCache(enabled=use_cache),
-        progress=progress,
-        shapes=resolved,
-        op_types=op_types,
-    )
     report = Report(
         command=command or f"optimizer.optimize({str(model_path)!r}, {str(out_dir)!r})",
         model=model_info,
@@ -709,28 +671,53 @@ def optimize(
     built = next((r for r in report.stages if r.name == "build" and r.status in ("ran", "cached")), None)
     if built is not None:  # the build may have moved off a refused default (cached runs too)
         report.model["shapes"] = built.details.get("shapes", report.model["shapes"])
-
-    notes = [n for stage in STAGES if skip_reasons[stage.name] is None and (n := stage.validation_note(ctx))]
-    if current != model_path and notes:
-        report.stages.append(StageRecord(name="validate", status="skipped", reason=notes[0]))
-    elif current != model_path:
-        record, validation = validate_stage(ctx, model_path, current)
-        report.stages.append(record)
-        report.validation = validation
-    else:
-        report.stages.append(StageRecord(name="validate", status="skipped", reason="no stage changed the model"))
-    report.gates = evaluate_gates(all_gates, report.validation, baseline.validation if baseline else None,
-                                  defaults=recipe.validate.default_gates)
+    _validate_and_gate(ctx, report, model_path, current, skip_reasons, all_gates, baseline)
     if current != model_path and report.validation is not None:
         # The search compares against the precision stage's input: the graph the candidate was made
         # from (after passes and pruning), so only precision changes are blamed on quantized nodes.
         search_divergence(ctx, report, precision_input, current)
     report.warnings.extend(ctx.warnings)
-    calibrated = any(r.name in ("precision", "prune") and r.status in ("ran", "cached") for r in report.stages)
-    if calibrated and data.calib_fingerprint and data.calib_fingerprint.get("synthetic"):
+    ran = {r.name for r in report.stages if r.status in ("ran", "cached")}
+    fingerprint = ctx.data.calib_fingerprint
+    if any(s.calibrates and s.name in ran for s in STAGES) and fingerprint and fingerprint.get("synthetic"):
         report.warnings.append("calibration used synthetic random data (--synthetic)")
     write_report(report, out_dir)
     return report
+
+
+def _open_run(model_path: Path, out_dir: Path, recipe: Recipe, calib, val, shapes, dims, use_cache: bool,
+              progress: Progress) -> tuple[RunContext, dict]:
+    """The run's context (data, shapes, cache) and the model's record, before any stage: a wrong
+    input name, a NaN in the data or a shape the model cannot take stops the run here."""
+    model = load_model(model_path)
+    specs = input_specs(model)
+    model_info = _model_info(model_path, model)
+    data = _open_run_data(recipe, specs, calib, val)
+    resolved = _resolve_run_shapes(model, recipe, data, shapes, dims)
+    model_info["shapes"] = resolved.to_dict()
+    op_types = frozenset(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph))
+    del model
+    if recipe.precision.synthetic and data.calib is None:
+        data.calib, data.calib_fingerprint = _synthetic(specs, recipe, resolved)
+    ctx = RunContext(recipe=recipe, out_dir=out_dir, stem=model_path.stem, data=data, cache=StageCache(enabled=use_cache),
+                     progress=progress, shapes=resolved, op_types=op_types)
+    return ctx, model_info
+
+
+def _validate_and_gate(ctx: RunContext, report: Report, model_path: Path, current: Path, skip_reasons: dict,
+                       gates: list[str], baseline: Report | None) -> None:
+    """Validate the last model against the input (unless a stage says it cannot be validated here),
+    then check the gates: the given ones, else the defaults."""
+    notes = [n for stage in STAGES if skip_reasons[stage.name] is None and (n := stage.validation_note(ctx))]
+    if current != model_path and notes:
+        report.stages.append(StageRecord(name="validate", status="skipped", reason=notes[0]))
+    elif current != model_path:
+        record, report.validation = validate_stage(ctx, model_path, current)
+        report.stages.append(record)
+    else:
+        report.stages.append(StageRecord(name="validate", status="skipped", reason="no stage changed the model"))
+    report.gates = evaluate_gates(gates, report.validation, baseline.validation if baseline else None,
+                                  defaults=ctx.recipe.validate.default_gates)
 
 
 def _model_info(model_path: Path, model) -> dict:
@@ -888,11 +875,11 @@ def load_baseline(path: Path | None) -> Report | None:
 
 
 def search_divergence(ctx: RunContext, report: Report, reference: Path, candidate: Path) -> None:
-    """First-divergent-layer search into ``report.validation['divergence']``, per validate.divergence."""
+    """First-divergent-layer search into ``report.validation.divergence``, per validate.divergence."""
     cfg = ctx.recipe.validate
     if cfg.divergence == "never" or (cfg.divergence == "on-failure" and report.passed) or ctx.data.val is None:
         return
-    from optimizer.divergence import divergence_to_dict, find_divergence
+    from optimizer.divergence import find_divergence
 
     ctx.progress.info(f"searching the first divergent layer ({cfg.divergence_samples} samples, {cfg.divergence_chunk} tensors per session)")
     try:
@@ -912,7 +899,7 @@ def search_divergence(ctx: RunContext, report: Report, reference: Path, candidat
         report.warnings.append(f"divergence search not possible: {exc}")
         return
     # Every rendering (terminal, Markdown, HTML) shows it in its own section, with the fix.
-    report.validation["divergence"] = divergence_to_dict(result)
+    report.validation.divergence = result
     failing = [g.expression for g in report.gates if not g.passed]
     if failing and result.recommend_exclude:
         _measure_fix(ctx, report, result, failing)
@@ -920,7 +907,7 @@ def search_divergence(ctx: RunContext, report: Report, reference: Path, candidat
 
 def _measure_fix(ctx: RunContext, report: Report, result, failing: list[str]) -> None:
     """Re-run the candidate with the recommendation applied (and extended greedily) before printing it."""
-    from optimizer.divergence import fix_to_dict, measure_fix
+    from optimizer.divergence import measure_fix
     from optimizer.validate import MetricContext, load_metric
 
     cfg = ctx.recipe.validate
@@ -945,8 +932,7 @@ def _measure_fix(ctx: RunContext, report: Report, result, failing: list[str]) ->
     except TrtforgeError as exc:  # the gate verdict stands; only the measurement of the fix is lost
         report.warnings.append(f"the recommended fix could not be measured: {exc}")
         return
-    if fix is not None:
-        report.validation["divergence"]["fix"] = fix_to_dict(fix)
+    report.validation.divergence.fix = fix
 
 
 def validate_only(
@@ -963,6 +949,7 @@ def validate_only(
     divergence: str = "never",
     divergence_samples: int = 2,
     default_gates: bool = True,
+    command: str | None = None,
 ) -> Report:
     """``trtforge validate``: the validation stage alone, on two existing models.
 
@@ -976,16 +963,12 @@ def validate_only(
     ref_model = load_model(reference)
     load_model(candidate)  # fail early and clearly on a bad candidate file
     specs = input_specs(ref_model)
-    recipe = Recipe()
-    recipe.base_dir = Path.cwd()
-    recipe.precision.mode = "none"
-    recipe.validate.metric = metric
-    recipe.validate.latency.threads = threads
-    recipe.validate.latency.iterations = iterations
-    recipe.validate.latency.enabled = iterations > 0
-    recipe.validate.divergence = divergence
-    recipe.validate.divergence_samples = divergence_samples
-    recipe.validate.__post_init__()
+    # Through the recipe's own checks, as if a recipe file had said it.
+    recipe = recipe_from_dict({
+        "precision": {"mode": "none"},
+        "validate": {"metric": metric, "divergence": divergence, "divergence_samples": divergence_samples,
+                     "latency": {"threads": threads, "enabled": iterations > 0, **({"iterations": iterations} if iterations else {})}},
+    }, base_dir=Path.cwd())
     data = RunData()
     data.val, data.val_fingerprint = _open_data(Path(data_dir), specs, None)
     if metric and data.val.labels is None:
@@ -993,7 +976,7 @@ def validate_only(
     ctx = RunContext(recipe, Path("."), reference.stem, data, StageCache(enabled=False), progress or Progress("quiet"))
     record, validation = validate_stage(ctx, reference, candidate)
     report = Report(
-        command=" ".join(shlex.quote(a) for a in sys.argv),
+        command=command or f"optimizer.validate_only({str(candidate)!r}, {str(reference)!r}, {str(data_dir)!r})",
         model={"path": str(reference), "sha256": content_hash(reference), "nodes": count_nodes(ref_model)},
         stages=[record],
         validation=validation,

@@ -115,8 +115,8 @@ class ValidateConfig:
     divergence_chunk: int = 32  # intermediate tensors exposed per ORT session: bounds memory
 
     def __post_init__(self) -> None:
-        if self.divergence not in ("never", "on-failure", "always"):
-            raise ConfigError(f"recipe: 'validate.divergence' is {self.divergence!r}; choose one of: never, on-failure, always")
+        if self.divergence not in choices("validate.divergence"):
+            raise ConfigError(f"recipe: 'validate.divergence' is {self.divergence!r}; choose one of: {', '.join(choices('validate.divergence'))}")
         if self.divergence_chunk < 1 or self.divergence_samples < 1:
             raise ConfigError("recipe: 'validate.divergence_chunk' and 'validate.divergence_samples' must be >= 1")
 
@@ -145,8 +145,13 @@ class Recipe:
         return data
 
 
+# The modes ``calibration.quantize`` writes (its ``MODES``); fp16/bf16 are Casts (``calibration.autocast``).
+QUANTIZE_MODES = ("int8", "fp8", "int4-weight")
+
+# Every recipe key with a closed set of values (None: the key may stay unset). The CLI's options
+# offer the same values (``choices``), so a mode or target is added here once.
 _CHOICES = {
-    "precision.mode": ("none", "int8", "fp8", "int4-weight", "fp16", "bf16"),
+    "precision.mode": ("none", *QUANTIZE_MODES, "fp16", "bf16"),
     "precision.target": ("tensorrt", "onnxruntime-cpu"),
     "precision.method": ("max", "percentile", "entropy", "mse"),
     "precision.int4_method": ("awq", "rtn"),
@@ -158,7 +163,14 @@ _CHOICES = {
     "build.builder": (None, "tensorrt", "tensorrt-rtx"),
     "build.expect": (None, "int8", "fp16", "bf16", "fp8", "int4", "fp32"),
     "build.hardware_compatibility": (None, "ampere_plus", "same_compute_capability"),
+    "validate.divergence": ("never", "on-failure", "always"),
 }
+
+
+def choices(path: str) -> tuple[str, ...]:
+    """The values recipe key ``path`` accepts besides unset: what the matching CLI option offers."""
+    return tuple(c for c in _CHOICES[path] if c is not None)
+
 
 # Inclusive numeric bounds (None: unbounded on that side). Checked where the recipe is read,
 # so a zero iteration count or a negative sample limit never reaches the pipeline.
@@ -258,8 +270,7 @@ def _build(cls, data: Any, where: str):
         if path in _RANGES:
             _check_range(path, converted)
         if path in _CHOICES and converted not in _CHOICES[path]:
-            choices = ", ".join(str(c) for c in _CHOICES[path] if c is not None)
-            raise ConfigError(f"recipe: '{path}' is {converted!r}; choose one of: {choices}")
+            raise ConfigError(f"recipe: '{path}' is {converted!r}; choose one of: {', '.join(choices(path))}")
         kwargs[key] = converted
     return cls(**kwargs)
 

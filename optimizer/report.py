@@ -16,6 +16,7 @@ from typing import Any
 
 from optimizer.errors import InputError
 from optimizer.model import write_text_atomic
+from optimizer.validation_record import DivergenceResult, Latency, ValidationResult, from_json, to_json
 
 SCHEMA_VERSION = 1
 
@@ -48,7 +49,7 @@ class Report:
     model: dict[str, Any]
     recipe: dict[str, Any] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
-    validation: dict[str, Any] | None = None
+    validation: ValidationResult | None = None
     gates: list[GateResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -65,7 +66,7 @@ class Report:
         return next((s for s in self.stages if s.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = to_json(self)
         data["passed"] = self.passed
         return data
 
@@ -79,7 +80,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
+        return to_json(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
@@ -114,6 +115,7 @@ def load_report(path: str | Path) -> Report:
     try:
         data["stages"] = [StageRecord(**s) for s in data.get("stages", [])]
         data["gates"] = [GateResult(**g) for g in data.get("gates", [])]
+        data["validation"] = from_json(ValidationResult, data.get("validation"))
         return Report(**data)
     except TypeError as exc:  # a missing or unknown field: an edited or foreign file
         raise InputError(f"{path}: not a valid trtforge report ({exc})") from None
@@ -136,30 +138,19 @@ def _summary_text(summary: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {_fmt(v)}" for k, v in summary.items())
 
 
-def accuracy_rows(validation: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for out in validation.get("outputs", []):
-        rows.append(
-            [
-                out["name"],
-                _fmt(out["max_abs"]),
-                _fmt(out["mean_abs"]),
-                _fmt(out["max_rel"]),
-                _fmt(out["cosine_min"]),
-                _fmt(out["snr_db"]),
-            ]
-        )
-    return rows
+def accuracy_rows(validation: ValidationResult) -> list[list[str]]:
+    return [[o.name, _fmt(o.max_abs), _fmt(o.mean_abs), _fmt(o.max_rel), _fmt(o.cosine_min), _fmt(o.snr_db)]
+            for o in validation.outputs]
 
 
 def _shape_text(shape: list[int]) -> str:
     return "x".join(str(d) for d in shape) or "scalar"
 
 
-def data_sentence(validation: dict[str, Any]) -> str:
+def data_sentence(validation: ValidationResult) -> str:
     """What the validation data was, in words (the fingerprint is JSON; people read this)."""
-    fp = validation.get("data")
-    samples = validation.get("samples", "?")
+    fp = validation.data
+    samples = validation.samples
     if not isinstance(fp, dict):
         return f"{samples} samples."
     kind = "SYNTHETIC random samples" if fp.get("synthetic") else "samples"
@@ -170,9 +161,9 @@ def data_sentence(validation: dict[str, Any]) -> str:
     return text + "."
 
 
-def data_rows(validation: dict[str, Any]) -> list[list[str]]:
+def data_rows(validation: ValidationResult) -> list[list[str]]:
     """Per input: dtype, the shapes seen and the value range of the validation data."""
-    fp = validation.get("data")
+    fp = validation.data
     if not isinstance(fp, dict):
         return []
     rows = []
@@ -186,11 +177,6 @@ def data_rows(validation: dict[str, Any]) -> list[list[str]]:
         value_range = f"{_fmt(float(lo))} … {_fmt(float(hi))}" if lo is not None and hi is not None else "n/a"
         rows.append([name, str(stats.get("dtype", "?")), shown, value_range])
     return rows
-
-
-def fix_rows(fix: dict[str, Any]) -> list[dict[str, Any]]:
-    """The measured fix as trials, the candidate as it was first (row 0: nothing excluded)."""
-    return [{"exclude": [], "metrics": fix["before"], "passed": False}, *fix["trials"]]
 
 
 def gate_rows(report: Report) -> list[list[str]]:
@@ -220,56 +206,8 @@ def to_markdown(report: Report) -> str:
     for s in report.stages:
         what = _summary_text(s.summary) or (s.reason or "")
         lines.append(f"| {s.name} | {s.status} | {s.seconds:.2f} | {what} |")
-    val = report.validation
-    if val:
-        lines += ["", "## Accuracy (candidate vs FP32 reference, ONNX Runtime CPU)", ""]
-        lines.append(f"Validation data: {data_sentence(val)}")
-        if rows := data_rows(val):
-            lines += ["", "| input | dtype | shapes | value range |", "|---|---|---|---|"]
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
-        lines += ["", "| output | max abs | mean abs | max rel | min cosine | SNR (dB) |", "|---|---:|---:|---:|---:|---:|"]
-        lines += ["| " + " | ".join(r) + " |" for r in accuracy_rows(val)]
-        task = val.get("task")
-        if task:
-            lines += [
-                "",
-                f"Task metric **{task['name']}** ({'higher' if task['higher_is_better'] else 'lower'} is better): "
-                f"reference {_fmt(task['reference'])}{task.get('unit', '')}, candidate {_fmt(task['candidate'])}{task.get('unit', '')} "
-                f"(change {task['change']:+.4g}{task.get('unit', '')}).",
-            ]
-        lat = val.get("latency")
-        if lat:
-            lines += [
-                "",
-                f"## Latency (ONNX Runtime CPU, {lat['threads']} thread(s), {lat['iterations']} interleaved iterations)",
-                "",
-                "| model | p50 (ms) | p90 (ms) | mean (ms) |",
-                "|---|---:|---:|---:|",
-            ]
-            for name in ("reference", "candidate"):
-                r = lat[name]
-                lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['mean_ms']:.2f} |")
-            lines += ["", f"p50 speed-up (reference / candidate): **{lat['p50_speedup']:.2f}x**"
-                      + (f" (median of per-iteration ratios: {lat['paired_speedup']:.2f}x)" if "paired_speedup" in lat else "")]
-            if lat.get("note"):
-                lines += ["", f"_{lat['note']}_"]
-        if div := val.get("divergence"):
-            lines += ["", "## First divergent layer", ""]
-            if first := div.get("first"):
-                lines.append(
-                    f"`{first['node']}` ({first['op_type']}), tensor `{first['tensor']}`, SNR {first['snr_db']:.1f} dB "
-                    f"(tolerance {div['tolerance']['min_snr_db']:g} dB; {div['compared']} tensors, {div['samples']} samples, "
-                    f"peak RssAnon {div['peak_rss_anon_mb']:.0f} MB). {div['reason']}."
-                )
-                if div.get("hint"):
-                    lines += ["", f"Fix: {div['hint']}"]
-                if fix := div.get("fix"):
-                    lines += ["", f"Measured fix: {fix['verdict']}", "", "| trial | nodes in FP32 | " + " | ".join(fix["before"]) + " | gates |",
-                              "|---:|---:|" + "---:|" * len(fix["before"]) + "---|"]
-                    lines += [f"| {i} | {len(t['exclude'])} | " + " | ".join(_fmt(t["metrics"][m]) for m in fix["before"])
-                              + f" | {'pass' if t['passed'] else 'fail'} |" for i, t in enumerate(fix_rows(fix))]
-            else:
-                lines.append(f"No tensor diverges beyond tolerance ({div['compared']} tensors compared).")
+    if val := report.validation:
+        lines += _markdown_accuracy(val) + _markdown_latency(val.latency) + _markdown_divergence(val.divergence)
     if report.gates:
         lines += ["", "## Gates", ""]
         if any(g.default for g in report.gates):
@@ -286,6 +224,62 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _markdown_accuracy(val: ValidationResult) -> list[str]:
+    lines = ["", "## Accuracy (candidate vs FP32 reference, ONNX Runtime CPU)", "", f"Validation data: {data_sentence(val)}"]
+    if rows := data_rows(val):
+        lines += ["", "| input | dtype | shapes | value range |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "| output | max abs | mean abs | max rel | min cosine | SNR (dB) |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(r) + " |" for r in accuracy_rows(val)]
+    if task := val.task:
+        lines += [
+            "",
+            f"Task metric **{task.name}** ({'higher' if task.higher_is_better else 'lower'} is better): "
+            f"reference {_fmt(task.reference)}{task.unit}, candidate {_fmt(task.candidate)}{task.unit} "
+            f"(change {task.change:+.4g}{task.unit}).",
+        ]
+    return lines
+
+
+def _markdown_latency(lat: Latency | None) -> list[str]:
+    if lat is None:
+        return []
+    lines = [
+        "",
+        f"## Latency (ONNX Runtime CPU, {lat.threads} thread(s), {lat.iterations} interleaved iterations)",
+        "",
+        "| model | p50 (ms) | p90 (ms) | mean (ms) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in (("reference", lat.reference), ("candidate", lat.candidate)):
+        lines.append(f"| {name} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.mean_ms:.2f} |")
+    paired = f" (median of per-iteration ratios: {lat.paired_speedup:.2f}x)" if lat.paired_speedup is not None else ""
+    lines += ["", f"p50 speed-up (reference / candidate): **{lat.p50_speedup:.2f}x**" + paired]
+    return lines + (["", f"_{lat.note}_"] if lat.note else [])
+
+
+def _markdown_divergence(div: DivergenceResult | None) -> list[str]:
+    if div is None:
+        return []
+    lines = ["", "## First divergent layer", ""]
+    if (first := div.first) is None:
+        return lines + [f"No tensor diverges beyond tolerance ({div.compared} tensors compared)."]
+    lines.append(
+        f"`{first.node}` ({first.op_type}), tensor `{first.tensor}`, SNR {first.snr_db:.1f} dB "
+        f"(tolerance {div.tolerance['min_snr_db']:g} dB; {div.compared} tensors, {div.samples} samples, "
+        f"peak RssAnon {div.peak_rss_anon_mb:.0f} MB). {div.reason}."
+    )
+    if div.hint:
+        lines += ["", f"Fix: {div.hint}"]
+    if fix := div.fix:
+        names = list(fix.before)
+        lines += ["", f"Measured fix: {fix.verdict}", "", "| trial | nodes in FP32 | " + " | ".join(names) + " | gates |",
+                  "|---:|---:|" + "---:|" * len(names) + "---|"]
+        lines += [f"| {i} | {len(t.exclude)} | " + " | ".join(_fmt(t.metrics[m]) for m in names)
+                  + f" | {'pass' if t.passed else 'fail'} |" for i, t in enumerate(fix.rows())]
+    return lines
+
+
 def print_summary(report: Report, console) -> None:
     """The terminal summary: stages, accuracy, latency, gates, what was written."""
     from rich.markup import escape  # node names and hints contain [brackets]
@@ -298,35 +292,8 @@ def print_summary(report: Report, console) -> None:
         style = {"failed": "red", "skipped": "yellow", "cached": "cyan"}.get(s.status, "")
         table.add_row(s.name, f"[{style}]{s.status}[/]" if style else s.status, f"{s.seconds:.1f}", _summary_text(s.summary) or (s.reason or ""))
     console.print(table)
-    val = report.validation
-    if val:
-        acc = Table(title=f"accuracy vs FP32 ({val.get('samples')} samples)", show_edge=False, title_justify="left")
-        for col in ("output", "max abs", "mean abs", "max rel", "min cos", "SNR dB"):
-            acc.add_column(col)
-        for row in accuracy_rows(val):
-            acc.add_row(*row)
-        console.print(acc)
-        if task := val.get("task"):
-            console.print(
-                f"{task['name']}: reference {_fmt(task['reference'])}{task.get('unit', '')} → candidate "
-                f"{_fmt(task['candidate'])}{task.get('unit', '')} ({task['change']:+.3g})"
-            )
-        if lat := val.get("latency"):
-            console.print(
-                f"latency p50 ({lat['threads']} thread): reference {lat['reference']['p50_ms']:.2f} ms, "
-                f"candidate {lat['candidate']['p50_ms']:.2f} ms → {lat['p50_speedup']:.2f}x"
-            )
-            if lat.get("note"):
-                console.print(f"[dim]{lat['note']}[/]")
-    if val and (div := val.get("divergence")) and (first := div.get("first")):
-        console.print(
-            f"first divergent layer: [bold]{first['node']}[/] ({first['op_type']}, SNR {first['snr_db']:.1f} dB; "
-            f"{div['compared']} tensors in {div['sessions']} sessions, peak RssAnon {div['peak_rss_anon_mb']:.0f} MB)"
-        )
-        if div.get("hint"):
-            console.print(f"  fix: {escape(div['hint'])}")
-        if fix := div.get("fix"):
-            console.print(f"  {escape(fix['verdict'])}")
+    if val := report.validation:
+        _print_validation(val, console)
     for g in report.gates:
         mark = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
         console.print(f"{'default gate' if g.default else 'gate'} {escape(g.expression)}: {mark} ({escape(g.message)})")
@@ -335,6 +302,39 @@ def print_summary(report: Report, console) -> None:
         console.print(f"[yellow]warning[/]: {escape(w)}")
     for k, v in report.artifacts.items():
         console.print(f"wrote {k}: {v}")
+
+
+def _print_validation(val: ValidationResult, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    acc = Table(title=f"accuracy vs FP32 ({val.samples} samples)", show_edge=False, title_justify="left")
+    for col in ("output", "max abs", "mean abs", "max rel", "min cos", "SNR dB"):
+        acc.add_column(col)
+    for row in accuracy_rows(val):
+        acc.add_row(*row)
+    console.print(acc)
+    if task := val.task:
+        console.print(
+            f"{task.name}: reference {_fmt(task.reference)}{task.unit} → candidate "
+            f"{_fmt(task.candidate)}{task.unit} ({task.change:+.3g})"
+        )
+    if lat := val.latency:
+        console.print(
+            f"latency p50 ({lat.threads} thread): reference {lat.reference.p50_ms:.2f} ms, "
+            f"candidate {lat.candidate.p50_ms:.2f} ms → {lat.p50_speedup:.2f}x"
+        )
+        if lat.note:
+            console.print(f"[dim]{lat.note}[/]")
+    if (div := val.divergence) and (first := div.first):
+        console.print(
+            f"first divergent layer: [bold]{first.node}[/] ({first.op_type}, SNR {first.snr_db:.1f} dB; "
+            f"{div.compared} tensors in {div.sessions} sessions, peak RssAnon {div.peak_rss_anon_mb:.0f} MB)"
+        )
+        if div.hint:
+            console.print(f"  fix: {escape(div.hint)}")
+        if div.fix:
+            console.print(f"  {escape(div.fix.verdict)}")
 
 
 def print_diff(old: Report, new: Report, console) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from optimizer.errors import ConfigError, ValidationError
+from optimizer.validation_record import NoiseFloor, OutputError, TaskResult, Timing, ValidationResult
 
 
 # ---------------------------------------------------------------- task metrics
@@ -112,23 +113,21 @@ class OutputStats:
         top = np.argpartition(ref, -k, axis=1)[:, -k:]
         self.top5 += int((top == best[:, None]).any(axis=1).sum())
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> OutputError:
         snr = math.inf if self.noise == 0 else 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
-        return {
-            "name": self.name,
-            "max_abs": self.max_abs,
-            "mean_abs": self.abs_sum / max(self.count, 1),
+        topk = self.topk and self.rows
+        return OutputError(
+            name=self.name,
+            max_abs=self.max_abs,
+            mean_abs=self.abs_sum / max(self.count, 1),
             # Relative to the reference's range: element-wise relative error explodes near zero.
-            "max_rel": self.max_abs / self.ref_absmax if self.ref_absmax > 0 else self.max_abs,
-            "cosine_min": self.cosine_min,
-            "snr_db": snr if math.isfinite(snr) else (999.0 if snr > 0 else -999.0),
-            "nonfinite": self.nonfinite,
-            **(
-                {"top1_agreement": self.top1 / self.rows, "top5_agreement": self.top5 / self.rows}
-                if self.topk and self.rows
-                else {}
-            ),
-        }
+            max_rel=self.max_abs / self.ref_absmax if self.ref_absmax > 0 else self.max_abs,
+            cosine_min=self.cosine_min,
+            snr_db=snr if math.isfinite(snr) else (999.0 if snr > 0 else -999.0),
+            nonfinite=self.nonfinite,
+            top1_agreement=self.top1 / self.rows if topk else None,
+            top5_agreement=self.top5 / self.rows if topk else None,
+        )
 
 
 def _class_like(runner, name: str) -> bool:
@@ -163,7 +162,7 @@ def class_like_outputs(model) -> set[str]:
     return names
 
 
-def reference_noise(runners: dict[str, Any], samples: Iterable[dict[str, np.ndarray]], limit: int = 8) -> dict[str, Any]:
+def reference_noise(runners: dict[str, Any], samples: Iterable[dict[str, np.ndarray]], limit: int = 8) -> NoiseFloor:
     """The reference against itself under two ORT configurations: the floor no candidate can beat.
 
     Different thread counts and graph optimisation levels reorder float reductions, so the
@@ -181,12 +180,8 @@ def reference_noise(runners: dict[str, Any], samples: Iterable[dict[str, np.ndar
         if count >= limit:
             break
     outputs = [s.result() for s in stats.values()]
-    return {
-        "samples": count,
-        "configurations": [first_name, second_name],
-        "outputs": outputs,
-        "max_abs": max((o["max_abs"] for o in outputs), default=0.0),
-    }
+    return NoiseFloor(samples=count, configurations=[first_name, second_name], outputs=outputs,
+                      max_abs=max((o.max_abs for o in outputs), default=0.0))
 
 
 def compare(
@@ -199,7 +194,7 @@ def compare(
     context: MetricContext | None = None,
     progress: Callable[[int], None] | None = None,
     class_like: set[str] | None = None,
-) -> dict[str, Any]:
+) -> ValidationResult:
     """Run both runners on every sample; return error statistics and the task metric.
 
     ``class_like``: the outputs that carry class scores (``class_like_outputs``); top-1/top-5
@@ -227,7 +222,7 @@ def compare(
             progress(count)
     if count == 0:
         raise ValidationError("no validation samples: the data folder is empty")
-    result: dict[str, Any] = {"samples": count, "outputs": [s.result() for s in stats.values()]}
+    result = ValidationResult(samples=count, outputs=[s.result() for s in stats.values()])
     if metric is not None:
         if labels is None or len(labels) < count:
             raise ValidationError(
@@ -240,31 +235,25 @@ def compare(
             cand_value = float(metric.fn(cand_outputs, labels[:count], ctx))
         except Exception as exc:
             raise ValidationError(f"task metric '{metric.name}' raised {type(exc).__name__}: {exc}") from None
-        result["task"] = {
-            "name": metric.name,
-            "unit": metric.unit,
-            "higher_is_better": metric.higher_is_better,
-            "reference": ref_value,
-            "candidate": cand_value,
-            "change": cand_value - ref_value,
-        }
+        result.task = TaskResult(name=metric.name, unit=metric.unit, higher_is_better=metric.higher_is_better,
+                                 reference=ref_value, candidate=cand_value, change=cand_value - ref_value)
     return result
 
 
 # ---------------------------------------------------------------- latency
 
 
-def _percentiles(times_s: list[float]) -> dict[str, float]:
+def _percentiles(times_s: list[float]) -> Timing:
     ms = np.asarray(times_s) * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "throughput_per_s": float(1e3 / ms.mean()) if ms.mean() > 0 else 0.0,
+    return Timing(
+        p50_ms=float(np.percentile(ms, 50)),
+        p90_ms=float(np.percentile(ms, 90)),
+        p99_ms=float(np.percentile(ms, 99)),
+        mean_ms=float(ms.mean()),
+        throughput_per_s=float(1e3 / ms.mean()) if ms.mean() > 0 else 0.0,
         # Every timed iteration, for the report's histogram (a few hundred numbers at most).
-        "samples_ms": [round(float(t), 4) for t in ms],
-    }
+        samples_ms=[round(float(t), 4) for t in ms],
+    )
 
 
 def measure_latency(
@@ -274,7 +263,7 @@ def measure_latency(
     warmup: int = 3,
     iterations: int = 30,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Timing]:
     """Time each runner on the same inputs, alternating runners within every iteration.
 
     The order inside an iteration flips each time so neither runner always goes first
@@ -300,9 +289,9 @@ def measure_latency(
     return {n: _percentiles(t) for n, t in times.items()}
 
 
-def paired_speedup(reference: dict[str, Any], candidate: dict[str, Any]) -> float:
+def paired_speedup(reference: Timing, candidate: Timing) -> float:
     """Median over iterations of reference time / candidate time (``measure_latency`` interleaves them)."""
-    ref, cand = np.asarray(reference["samples_ms"]), np.asarray(candidate["samples_ms"])
+    ref, cand = np.asarray(reference.samples_ms), np.asarray(candidate.samples_ms)
     return float(np.median(ref / cand))
 
 

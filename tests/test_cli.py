@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import onnx
 import pytest
@@ -286,4 +287,89 @@ def test_optimize_synthetic_calibration_is_said_out_loud(tmp_path):
     report = json.loads(result.output)
     precision = next(s for s in report["stages"] if s["name"] == "precision")
     assert precision["status"] == "ran" and precision["details"]["fingerprint"]["synthetic"] is True
+    assert precision["details"]["fingerprint"]["count"] == 16  # --synthetic alone: 16 samples
     assert any("synthetic" in w.lower() for w in report["warnings"] + precision["warnings"])
+
+
+def _matmul_model(path: Path) -> Path:
+    """x[1,128] → MatMul(128→64) → Relu → y: one weight that FP8 Q/DQ and INT4 blocks of 128 both take."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((128, 64)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"), helper.make_node("Relu", ["m"], ["y"], name="relu")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 128])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+        [w],
+    )
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode, suffix, weight_type",
+    [("fp8", "fp8", onnx.TensorProto.FLOAT8E4M3FN), ("int4-weight", "int4", onnx.TensorProto.INT4)],
+)
+def test_optimize_precision_offers_every_recipe_mode(tmp_path, mode, suffix, weight_type):
+    model = _matmul_model(tmp_path / "m.onnx")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("build:\n  enabled: no\n")
+    out = tmp_path / "out"
+    args = ["optimize", str(model), "-o", str(out), "--recipe", str(recipe), "--precision", mode]
+    result = CliRunner().invoke(main, [*args, "--synthetic", "4", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    precision = next(s for s in json.loads(result.output)["stages"] if s["name"] == "precision")
+    assert precision["status"] == "ran" and precision["artifact"].endswith(f"m.{suffix}.onnx")
+    assert precision["summary"]["mode"] == mode and precision["details"]["quantized_nodes"] == ["mm"]
+    assert precision["details"]["fingerprint"]["count"] == 4  # --synthetic 4: four random samples
+    weights = {i.name: i.data_type for i in onnx.load(precision["artifact"]).graph.initializer}
+    assert weights[f"W_{suffix}"] == weight_type
+    # Without data a quantize mode stops before any stage, in one line.
+    missing = CliRunner().invoke(main, ["optimize", str(model), "-o", str(tmp_path / "o2"), "--recipe", str(recipe), "--precision", mode])
+    assert missing.exit_code == 2 and f"{mode.upper()} needs calibration data" in missing.output, missing.output
+    assert not (tmp_path / "o2").exists()
+
+
+def test_quantize_synthetic_count_is_optional(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx")
+    counts = {}
+    for extra in (["--synthetic"], ["--synthetic", "3"]):
+        result = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / f"q{len(extra)}.onnx"), *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        counts[len(extra)] = json.loads(result.output)["fingerprint"]["count"]
+    assert counts == {1: 16, 2: 3}
+    both = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "b.onnx"), "--synthetic", "--calib", str(tmp_path)])
+    assert both.exit_code == 2 and "exactly one of --calib DIR or --synthetic [N]" in both.output
+
+
+def test_every_choice_offers_what_its_source_defines():
+    """A click.Choice is derived, never re-listed: a mode added to the recipe reaches every command."""
+    from calibration import MODES
+    from optimizer.recipe import choices
+    from optimizer.torch_export import EXPORTERS
+
+    sources = {
+        ("inspect", "builder"): choices("build.builder"),
+        ("optimize", "precision"): choices("precision.mode"),
+        ("optimize", "target"): choices("precision.target"),
+        ("optimize", "divergence"): choices("validate.divergence"),
+        ("quantize", "target"): choices("precision.target"),
+        ("quantize", "method"): choices("precision.method"),
+        ("quantize", "mode"): MODES,
+        ("quantize", "int4_method"): choices("precision.int4_method"),
+        ("prune", "sparsity"): choices("prune.sparsity"),
+        ("prune", "method"): choices("prune.method"),
+        ("prune", "criterion"): choices("prune.criterion"),
+        ("build", "builder"): choices("build.builder"),
+        ("build", "expect"): choices("build.expect"),
+        ("build", "hardware_compat"): choices("build.hardware_compatibility"),
+        ("validate", "divergence"): choices("validate.divergence"),
+        ("export", "exporter"): EXPORTERS,
+    }
+    offered = {
+        (name, param.name): tuple(param.type.choices)
+        for name, command in main.commands.items()
+        for param in command.params
+        if isinstance(param.type, click.Choice)
+    }
+    assert offered == sources
+    assert {"fp8", "int4-weight"} <= set(offered["optimize", "precision"])

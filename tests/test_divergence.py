@@ -59,7 +59,7 @@ def _snr(reference, candidate, feeds) -> float:
     stats = OutputStats("y")
     for f in feeds:
         stats.add(ref.run(f)["y"], cand.run(f)["y"])
-    return stats.result()["snr_db"]
+    return stats.result().snr_db
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +166,12 @@ def test_sample_per_tensor_int8_fails_the_gate_and_the_recommendation_fixes_it(s
 
     def cer_gate(candidate):
         result = compare(OrtRunner(model), OrtRunner(candidate), val, labels=val.labels, metric=metric, context=context)
-        return result["task"], evaluate_gates(gate, result)[0]
+        return result.task, evaluate_gates(gate, result)[0]
 
     bad = tmp_path / "per_tensor.onnx"
     quantize(model, bad, calib, per_channel=False)
     task, verdict = cer_gate(bad)
-    assert not verdict.passed and task["change"] > 10, task  # the recognizer collapses
+    assert not verdict.passed and task.change > 10, task  # the recognizer collapses
 
     result = find_divergence(model, bad, val, max_samples=2, chunk=64)
     assert result.first is not None and result.recommend_exclude
@@ -209,7 +209,7 @@ def _gate_failure(ref, cand, val, gate):
 
     validation = compare(OrtRunner(ref), OrtRunner(cand), val)
     failing = [g.expression for g in evaluate_gates([gate], validation) if not g.passed]
-    assert failing == [gate], validation["outputs"]
+    assert failing == [gate], validation.outputs
     return validation, failing
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from optimizer.html_report import to_html
 from optimizer.report import GateResult, Report, StageRecord
+from optimizer.validation_record import ValidationResult, from_json
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
@@ -58,10 +59,11 @@ def _report() -> Report:
         "outputs": [{"name": "softmax_11.tmp_0", "max_abs": 0.99, "mean_abs": 1.5e-4, "max_rel": 0.99, "cosine_min": 0.3686,
                      "snr_db": 0.8999, "nonfinite": 0, "top1_agreement": 0.4321, "top5_agreement": 0.61}],
         "task": {"name": "cer", "unit": "%", "higher_is_better": False, "reference": 0.1576, "candidate": 99.632, "change": 99.4744},
-        "latency": {"runtime": "onnxruntime-cpu", "threads": 1, "iterations": 40, "p50_speedup": 0.7043,
-                    "reference": {"p50_ms": 22.97, "p90_ms": 37.6, "p99_ms": 38.5, "mean_ms": 25.6, "samples_ms": [22.0 + i % 7 for i in range(40)]},
-                    "candidate": {"p50_ms": 32.61, "p90_ms": 52.7, "p99_ms": 57.7, "mean_ms": 37.0, "samples_ms": [31.0 + i % 9 for i in range(40)]}},
-        "divergence": {"samples": 4, "chunk": 32, "sessions": 3, "compared": len(layers), "layers": layers, "first": first,
+        "latency": {"runtime": "onnxruntime-cpu", "ort_level": "all", "threads": 1, "iterations": 40, "p50_speedup": 0.7043,
+                    "reference": {"p50_ms": 22.97, "p90_ms": 37.6, "p99_ms": 38.5, "mean_ms": 25.6, "throughput_per_s": 39.1, "samples_ms": [22.0 + i % 7 for i in range(40)]},
+                    "candidate": {"p50_ms": 32.61, "p90_ms": 52.7, "p99_ms": 57.7, "mean_ms": 37.0, "throughput_per_s": 27.0, "samples_ms": [31.0 + i % 9 for i in range(40)]}},
+        "divergence": {"reference": "ppocr_rec.opt.onnx", "candidate": "ppocr_rec.int8.onnx", "quantized": [f"conv{i}" for i in range(40)],
+                       "samples": 4, "chunk": 32, "sessions": 3, "compared": len(layers), "layers": layers, "first": first,
                        "tolerance": {"min_snr_db": 20.0, "min_cosine": 0.99}, "recommend_exclude": ["conv7", "conv25"],
                        "reason": "conv25 diverges first", "hint": "keep in FP32: trtforge quantize --exclude conv7,conv25",
                        "peak_rss_anon_mb": 314.8, "baseline_rss_anon_mb": 158.1, "seconds": 9.1},
@@ -77,7 +79,7 @@ def _report() -> Report:
                         details={"quantized_nodes": [f"conv{i}" for i in range(40)], "skipped": {"mm_attn": "activation x activation"},
                                  "quantized_weight_share": 1.0, "target": "tensorrt", "method": "max", "per_channel": False}),
         ],
-        validation=validation,
+        validation=from_json(ValidationResult, validation),  # the JSON form a saved report has
         gates=[GateResult("cer_increase<=1.0", "cer_increase", 99.4744, False, "cer_increase = 99.47, required <= 1")],
     )
 

@@ -59,17 +59,17 @@ def test_every_stage_ran_and_wrote_its_artifact(first_run):
 def test_validation_numbers_are_real(first_run):
     _, out, report, _ = first_run
     val = report.validation
-    assert val["samples"] == 24
-    task = val["task"]
-    assert task["name"] == "cer" and 0 <= task["reference"] < 2.0  # FP32 reads rendered text almost perfectly
-    assert task["candidate"] >= 0
-    (output,) = val["outputs"]
-    assert 0 < output["max_abs"] < 1 and output["cosine_min"] > 0.5  # INT8 moves outputs, but not to noise
-    lat = val["latency"]
-    assert lat["threads"] == 1 and lat["reference"]["p50_ms"] > 0 and lat["candidate"]["p50_ms"] > 0
-    assert "tensorrt target" in lat["note"]
+    assert val.samples == 24
+    task = val.task
+    assert task.name == "cer" and 0 <= task.reference < 2.0  # FP32 reads rendered text almost perfectly
+    assert task.candidate >= 0
+    (output,) = val.outputs
+    assert 0 < output.max_abs < 1 and output.cosine_min > 0.5  # INT8 moves outputs, but not to noise
+    lat = val.latency
+    assert lat.threads == 1 and lat.reference.p50_ms > 0 and lat.candidate.p50_ms > 0
+    assert "tensorrt target" in lat.note
     saved = json.loads((out / "report.json").read_text())
-    assert saved["schema_version"] == 1 and saved["validation"]["task"]["candidate"] == task["candidate"]
+    assert saved["schema_version"] == 1 and saved["validation"]["task"]["candidate"] == task.candidate
     markdown = (out / "report.md").read_text()
     assert "cer" in markdown and "p50 speed-up" in markdown
 
@@ -95,7 +95,7 @@ def test_rerun_hits_the_cache_and_reproduces_artifacts(first_run, sample_dir, tm
     for name in ("passes", "precision"):
         assert _sha(Path(again.artifacts[name])) == _sha(Path(report.artifacts[name]))
     # Validation is the gate: it always measures again, on the same numbers.
-    assert again.validation["task"] == report.validation["task"]
+    assert again.validation.task == report.validation.task
 
 
 def test_report_rerenders_from_json(first_run, tmp_path):

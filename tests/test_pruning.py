@@ -319,6 +319,24 @@ def test_accuracy_budget_picks_the_largest_cut_within_the_measured_error(tmp_pat
         prune_within_error(path, out, val=None, max_error=0.1)
 
 
+def test_prune_model_cuts_as_told_or_searches_within_the_error(tmp_path):
+    from optimizer.pruning import prune_model
+
+    path, _ = _residual(tmp_path)
+    calib = [{"x": np.random.default_rng(i).standard_normal((1, 4, 10, 10)).astype(np.float32)} for i in range(4)]
+    val = [{"x": np.random.default_rng(100 + i).standard_normal((1, 4, 10, 10)).astype(np.float32)} for i in range(4)]
+    cut = prune_model(path, tmp_path / "cut.onnx", channels=0.5, source=calib, criterion="l2", tolerance=10.0)
+    assert cut.budget is None and cut.channels == 0.5 and cut.check["tolerance"] == 10.0 and cut.check["passed"]
+    assert cut.output == str(tmp_path / "cut.onnx") and (tmp_path / "cut.onnx").exists()
+    dry = prune_model(path, None, channels=0.5, source=calib, criterion="l2", dry_run=True)
+    assert dry.output is None and dry.flops_after == cut.flops_after < cut.flops_before  # the same cut, not written
+    searched = prune_model(path, tmp_path / "s.onnx", max_error=10.0, val=val, source=calib, candidates=(0.2,))
+    assert searched.budget["max_error"] == 10.0 and [t["flops_target"] for t in searched.budget["trials"]] == [0.2]
+    assert searched.check is None and searched.output == str(tmp_path / "s.onnx") and (tmp_path / "s.onnx").exists()
+    with pytest.raises(ConfigError, match="validation data"):
+        prune_model(path, tmp_path / "n.onnx", max_error=0.1, source=calib)
+
+
 def test_im2col_rows_reproduce_the_conv_output_in_ort(tmp_path):
     """The sampled patches (kh, kw, I order) times the reduction matrix = ORT's Conv, with stride, dilation, asymmetric pads."""
     from optimizer.pruning.activations import im2col_rows

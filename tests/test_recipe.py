@@ -77,3 +77,16 @@ def test_to_dict_roundtrips():
 def test_numbers_out_of_range_are_config_errors(data, message):
     with pytest.raises(ConfigError, match=message):
         recipe_from_dict(data)
+
+
+def test_choices_are_the_values_a_key_takes_besides_unset():
+    """The CLI offers exactly these (tests/test_cli.py), so the recipe is the one list."""
+    from calibration import MODES
+    from optimizer.recipe import QUANTIZE_MODES, ValidateConfig, choices
+
+    assert choices("build.builder") == ("tensorrt", "tensorrt-rtx") and choices("prune.sparsity") == ("2:4",)
+    assert choices("precision.mode") == ("none", "int8", "fp8", "int4-weight", "fp16", "bf16")
+    assert QUANTIZE_MODES == MODES  # calibration (base layer) cannot read the recipe: the two must agree
+    for make in (lambda: recipe_from_dict({"validate": {"divergence": "sometimes"}}), lambda: ValidateConfig(divergence="sometimes")):
+        with pytest.raises(ConfigError, match="'validate.divergence' is 'sometimes'; choose one of: never, on-failure, always"):
+            make()

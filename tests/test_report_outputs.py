@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -14,27 +15,26 @@ from click.testing import CliRunner
 from onnx import helper
 
 from optimizer.cli import main
-from optimizer.errors import ConfigError
+from optimizer.errors import ConfigError, InputError
 from optimizer.gates import diff_metrics, evaluate_gates, regression_metrics
 from optimizer.html_report import to_html
 from optimizer.junit import to_junit
 from optimizer.report import GateResult, Report, load_report, to_markdown
+from optimizer.validation_record import DivergenceResult, FixTrial, LayerError, MeasuredFix, ValidationResult
+from validation_fixtures import latency, output, record, task
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _validation(cer: float, p50: float, speedup: float, snr: float = 30.0) -> dict:
-    return {
-        "samples": 10,
-        "outputs": [{"name": "y", "max_abs": 0.1, "mean_abs": 0.01, "max_rel": 0.05, "cosine_min": 0.99, "snr_db": snr, "nonfinite": 0}],
-        "task": {"name": "cer", "unit": "%", "higher_is_better": False, "reference": 0.2, "candidate": cer, "change": cer - 0.2},
-        "latency": {"p50_speedup": speedup, "threads": 1, "iterations": 10,
-                    "reference": {"p50_ms": p50 * speedup, "p90_ms": 1, "p99_ms": 1, "mean_ms": 1},
-                    "candidate": {"p50_ms": p50, "p90_ms": 1, "p99_ms": 1, "mean_ms": 1}},
-    }
+def _validation(cer: float, p50: float, speedup: float, snr: float = 30.0) -> ValidationResult:
+    return record(
+        output(max_abs=0.1, mean_abs=0.01, max_rel=0.05, cosine_min=0.99, snr_db=snr),
+        task=task("cer", 0.2, cer, higher_is_better=False, unit="%"),
+        latency=latency(p50 * speedup, p50),
+    )
 
 
-def _report(validation: dict, gates: list[GateResult]) -> Report:
+def _report(validation: ValidationResult, gates: list[GateResult]) -> Report:
     return Report(command="trtforge validate", model={"path": "m.onnx", "sha256": "0" * 64, "nodes": 3},
                   validation=validation, gates=gates)
 
@@ -46,8 +46,8 @@ def test_regression_metrics_point_the_worse_way():
     assert m["p50_regression_pct"] == pytest.approx(10.0)
     assert m["speedup_regression_pct"] == pytest.approx(20.0)
     assert m["snr_regression_db"] == pytest.approx(3.0)
-    accuracy = {**after, "task": {**after["task"], "name": "top1", "higher_is_better": True}}
-    accuracy_before = {**before, "task": {**before["task"], "name": "top1", "higher_is_better": True}}
+    accuracy = dataclasses.replace(after, task=dataclasses.replace(after.task, name="top1", higher_is_better=True))
+    accuracy_before = dataclasses.replace(before, task=dataclasses.replace(before.task, name="top1", higher_is_better=True))
     assert regression_metrics(accuracy, accuracy_before)["top1_regression"] == pytest.approx(-0.3)  # higher: improved
     gates = evaluate_gates(["cer_regression<=0.1", "p50_regression_pct<=15"], after, before)
     assert [g.passed for g in gates] == [False, True]
@@ -90,13 +90,20 @@ def test_report_command_renders_and_diffs(tmp_path):
     assert old_passing.exit_code == 0
 
 
+def _divergence(node: str, op_type: str, hint: str, fix: MeasuredFix | None = None) -> DivergenceResult:
+    """A search that found ``node`` first below tolerance and recommends keeping it in FP32."""
+    first = LayerError(order=3, node=node, op_type=op_type, tensor="t3", candidate_tensor="t3", kind="node", snr_db=12.0,
+                       cosine_min=0.9, max_rel=0.1, mean_abs=0.01, nonfinite=0, diverges=True)
+    return DivergenceResult(
+        reference="ref.onnx", candidate="cand.onnx", samples=2, tolerance={"min_snr_db": 20.0, "min_cosine": 0.99}, chunk=32,
+        sessions=1, compared=9, layers=[first], first=first, recommend_exclude=[node], reason=f"{node} diverges",
+        quantized=[node], peak_rss_anon_mb=300.0, baseline_rss_anon_mb=100.0, seconds=1.0, hint=hint, fix=fix,
+    )
+
+
 def test_markdown_and_html_show_the_divergence_search():
     v = _validation(99.0, 10, 1)
-    first = {"order": 3, "node": "conv3", "op_type": "Conv", "tensor": "t3", "snr_db": 12.0}
-    v["divergence"] = {"first": first, "tolerance": {"min_snr_db": 20.0}, "compared": 9, "samples": 2, "sessions": 1, "chunk": 32,
-                       "peak_rss_anon_mb": 300.0, "baseline_rss_anon_mb": 100.0, "seconds": 1.0, "reason": "conv3 diverges",
-                       "recommend_exclude": ["conv3"], "hint": "keep in FP32: trtforge quantize --exclude conv3",
-                       "layers": [{**first, "kind": "node", "diverges": True}]}
+    v.divergence = _divergence("conv3", "Conv", "keep in FP32: trtforge quantize --exclude conv3")
     report = _report(v, [])
     assert "--exclude conv3" in to_markdown(report) and "`conv3` (Conv)" in to_markdown(report)
     assert "first divergent: conv3" in to_html(report)
@@ -137,11 +144,11 @@ def test_validate_exit_codes_junit_and_baseline(tmp_path):
     suite = ET.parse(tmp_path / "j1.xml").getroot().find("testsuite")
     assert suite.get("tests") == "2" and suite.get("failures") == "0"
     saved = load_report(tmp_path / "r1.json")
-    out = saved.validation["outputs"][0]
-    assert out["top1_agreement"] == 1.0 and out["snr_db"] == pytest.approx(40.0, abs=1e-3)  # 1% scale error: 40 dB
-    assert saved.validation["noise"]["samples"] == 4
-    lat = saved.validation["latency"]
-    assert lat["paired_speedup"] > 0 and len(lat["candidate"]["samples_ms"]) == 4
+    out = saved.validation.outputs[0]
+    assert out.top1_agreement == 1.0 and out.snr_db == pytest.approx(40.0, abs=1e-3)  # 1% scale error: 40 dB
+    assert saved.validation.noise.samples == 4
+    lat = saved.validation.latency
+    assert lat.paired_speedup > 0 and len(lat.candidate.samples_ms) == 4
     assert "<svg" in (tmp_path / "r1.html").read_text()
 
     worse = _scale_model(tmp_path / "worse.onnx", 1.2)
@@ -160,25 +167,27 @@ def test_paired_speedup_cancels_drift_that_p50s_do_not():
 
     # The machine slows down 3x during iteration 2, between the reference's and the candidate's
     # run; the candidate is 2x faster whenever both ran at the same speed.
-    ref = {"samples_ms": [10.0, 10.0, 10.0, 30.0, 30.0]}
-    cand = {"samples_ms": [5.0, 5.0, 15.0, 15.0, 15.0]}
+    from validation_fixtures import timing
+
+    ref = timing(10.0, [10.0, 10.0, 10.0, 30.0, 30.0])
+    cand = timing(15.0, [5.0, 5.0, 15.0, 15.0, 15.0])
     assert paired_speedup(ref, cand) == pytest.approx(2.0)
-    assert float(np.median(ref["samples_ms"]) / np.median(cand["samples_ms"])) == pytest.approx(10 / 15)  # p50s mislead
+    assert float(np.median(ref.samples_ms) / np.median(cand.samples_ms)) == pytest.approx(10 / 15)  # p50s mislead
 
 
 def test_data_line_is_a_sentence_and_a_table_not_a_dict():
     from optimizer.report import data_rows, data_sentence
 
     validation = _validation(cer=0.3, p50=1.0, speedup=1.0)
-    validation["data"] = {"count": 10, "sha256": "ab" * 32, "synthetic": False, "labels_sha256": "cd" * 32,
+    validation.data = {"count": 10, "sha256": "ab" * 32, "synthetic": False, "labels_sha256": "cd" * 32,
                           "inputs": {"x": {"dtype": "float32", "min": -1.0, "max": 1.0,
                                            "shapes": [[1, 3, 48, w] for w in (80, 120, 160, 200, 320)]}}}
     text = to_markdown(_report(validation, evaluate_gates([], validation, defaults=True)))
     assert "{'count'" not in text and "{\"count\"" not in text
     assert "Validation data: 10 samples (content sha256 `abababababab…`, labels sha256 `cdcdcdcdcdcd…`)." in text
     assert "| x | float32 | 5 shapes, 1x3x48x80 … 1x3x48x320 | -1 … 1 |" in text
-    assert data_rows({"data": None}) == [] and data_sentence({"samples": 3}) == "3 samples."
-    validation["data"]["synthetic"] = True
+    assert data_rows(record()) == [] and data_sentence(record(samples=3)) == "3 samples."
+    validation.data["synthetic"] = True
     assert "SYNTHETIC" in data_sentence(validation)
     html = to_html(_report(validation, []))
     assert "{&#x27;count&#x27;" not in html and "1x3x48x80 … 1x3x48x320" in html
@@ -200,18 +209,28 @@ def test_default_gates_are_listed_in_markdown_html_and_junit():
     assert GateResult(expression="a<=1", metric="a", value=1.0, passed=True, message="").default is False
 
 
-def test_measured_fix_is_rendered_with_every_trial():
+def test_measured_fix_is_rendered_with_every_trial(tmp_path):
     validation = _validation(cer=0.3, p50=1.0, speedup=1.0)
-    validation["divergence"] = {
-        "first": {"order": 3, "node": "mm3", "op_type": "MatMul", "tensor": "h3", "snr_db": 12.0}, "tolerance": {"min_snr_db": 20.0},
-        "compared": 16, "samples": 2, "peak_rss_anon_mb": 80.0, "reason": "r", "hint": "keep in FP32: --exclude mm3",
-        "recommend_exclude": ["mm3"], "sessions": 1, "chunk": 32, "baseline_rss_anon_mb": 60.0, "seconds": 1.0, "layers": [],
-        "fix": {"gates": ["min_cosine>=0.999"], "before": {"min_cosine": 0.984}, "passed": False, "distributed": True,
-                "exclude": ["mm3", "mm1"], "verdict": "The error is distributed, not local", "seconds": 2.0,
-                "trials": [{"exclude": ["mm3"], "metrics": {"min_cosine": 0.9841}, "passed": False},
-                           {"exclude": ["mm3", "mm1"], "metrics": {"min_cosine": 0.9862}, "passed": False}]},
-    }
+    fix = MeasuredFix(gates=["min_cosine>=0.999"], before={"min_cosine": 0.984}, passed=False, distributed=True,
+                      exclude=["mm3", "mm1"], verdict="The error is distributed, not local", seconds=2.0,
+                      trials=[FixTrial(exclude=["mm3"], metrics={"min_cosine": 0.9841}, passed=False),
+                              FixTrial(exclude=["mm3", "mm1"], metrics={"min_cosine": 0.9862}, passed=False)])
+    validation.divergence = _divergence("mm3", "MatMul", "keep in FP32: --exclude mm3", fix)
     md = to_markdown(_report(validation, []))
     assert "Measured fix: The error is distributed, not local" in md
     assert "| 0 | 0 | 0.984 | fail |" in md and "| 2 | 2 | 0.9862 | fail |" in md
     assert "Measured fix: The error is distributed" in to_html(_report(validation, []))
+    # The typed record survives the JSON round trip: what `trtforge report` and --baseline read back.
+    saved = _report(validation, []).save(tmp_path / "r.json")
+    assert load_report(saved).validation == validation
+
+
+def test_a_report_with_an_unknown_validation_field_is_one_clear_error(tmp_path):
+    import json
+
+    path = _report(_validation(0.3, 1.0, 1.0), []).save(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    data["validation"]["outputs"][0]["snr"] = 1.0  # a renamed field, as an edited or foreign file would have
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="not a valid trtforge report .*unknown field.*snr"):
+        load_report(path)

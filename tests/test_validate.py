@@ -33,20 +33,20 @@ def test_error_statistics_match_hand_computation(tmp_path):
     rng = np.random.default_rng(0)
     samples = [{"x": rng.standard_normal((2, 4)).astype(np.float32)} for _ in range(5)]
     result = compare(ref, cand, samples)
-    (out,) = result["outputs"]
+    (out,) = result.outputs
     xs = np.concatenate([s["x"].ravel() for s in samples]).astype(np.float64)
-    assert out["max_abs"] == pytest.approx(0.1 * np.abs(xs).max(), rel=1e-5)
-    assert out["mean_abs"] == pytest.approx(0.1 * np.abs(xs).mean(), rel=1e-5)
-    assert out["max_rel"] == pytest.approx(0.1, rel=1e-5)
-    assert out["cosine_min"] == pytest.approx(1.0, abs=1e-6)  # a pure scale keeps direction
-    assert out["snr_db"] == pytest.approx(20.0, abs=1e-3)  # noise is 0.1 x signal → 20 dB
-    assert result["samples"] == 5
+    assert out.max_abs == pytest.approx(0.1 * np.abs(xs).max(), rel=1e-5)
+    assert out.mean_abs == pytest.approx(0.1 * np.abs(xs).mean(), rel=1e-5)
+    assert out.max_rel == pytest.approx(0.1, rel=1e-5)
+    assert out.cosine_min == pytest.approx(1.0, abs=1e-6)  # a pure scale keeps direction
+    assert out.snr_db == pytest.approx(20.0, abs=1e-3)  # noise is 0.1 x signal → 20 dB
+    assert result.samples == 5
 
 
 def test_identical_models_have_zero_error(tmp_path):
     ref = OrtRunner(_scale_model(tmp_path / "ref.onnx", 2.0))
     result = compare(ref, ref, [{"x": np.ones((1, 4), np.float32)}])
-    assert result["outputs"][0]["max_abs"] == 0.0 and result["outputs"][0]["snr_db"] == 999.0
+    assert result.outputs[0].max_abs == 0.0 and result.outputs[0].snr_db == 999.0
 
 
 def test_missing_output_and_empty_data(tmp_path):
@@ -71,7 +71,7 @@ def test_task_metric_plugin(tmp_path):
     ref = OrtRunner(_scale_model(tmp_path / "ref.onnx", 1.0))
     cand = OrtRunner(_scale_model(tmp_path / "cand.onnx", 2.0))
     result = compare(ref, cand, [{"x": np.ones((1, 4), np.float32)}], labels=["a"], metric=metric, context=MetricContext({"k": "v"}))
-    assert result["task"]["reference"] == pytest.approx(1.0) and result["task"]["candidate"] == pytest.approx(2.0)
+    assert result.task.reference == pytest.approx(1.0) and result.task.candidate == pytest.approx(2.0)
     with pytest.raises(ValidationError, match="needs one label per sample"):
         compare(ref, cand, [{"x": np.ones((1, 4), np.float32)}], labels=None, metric=metric)
 
@@ -103,7 +103,7 @@ def test_latency_harness_times_every_runner_alike(tmp_path):
     times = measure_latency({"ref": Counting(ref, "ref"), "cand": Counting(cand, "cand")}, feeds, warmup=2, iterations=10)
     assert calls == {"ref": 2 * 2 + 10, "cand": 2 * 2 + 10}
     for t in times.values():
-        assert 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"] and math.isfinite(t["mean_ms"])
+        assert 0 < t.p50_ms <= t.p90_ms <= t.p99_ms and math.isfinite(t.mean_ms)
 
 
 # ---------------------------------------------------------------- `trtforge validate` with no flags: default gates

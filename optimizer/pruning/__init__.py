@@ -40,7 +40,7 @@ from optimizer.pruning.sequential import refit_in_waves, refittable
 from optimizer.pruning.semistructured import SALIENCY, LayerChoice, skip_reason, sparsify_layer
 from optimizer.pruning.sparsity import satisfies_2_4, to_matrix, weight_satisfies_2_4
 
-__all__ = ["PruneResult", "prune", "prune_within_error", "weights_2_4", "SPARSITY_PATTERNS", "SALIENCY", "CRITERIA"]
+__all__ = ["PruneResult", "prune", "prune_model", "prune_within_error", "weights_2_4", "SPARSITY_PATTERNS", "SALIENCY", "CRITERIA"]
 
 SPARSITY_PATTERNS = ("2:4",)
 
@@ -50,6 +50,32 @@ def prune_within_error(*args, **kwargs):
     from optimizer.pruning.budget import prune_within_error as search
 
     return search(*args, **kwargs)
+
+
+def prune_model(
+    model_path: str | Path,
+    output_path: str | Path | None,
+    *,
+    max_error: float | None = None,
+    val=None,
+    channels: float | None = None,
+    flops_target: float | None = None,
+    dry_run: bool = False,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+    force: bool = False,
+    **options,
+) -> PruneResult:
+    """Prune by a given cut, or by the largest cut within ``max_error``: the one flow of ``trtforge prune`` and the prune stage.
+
+    Without ``max_error`` this is ``prune`` with ``channels``/``flops_target``. With it,
+    ``prune_within_error`` searches the FLOPs target itself on ``val`` and each trial's error
+    there is its check, so the cut, ``dry_run``, ``tolerance`` and ``force`` play no part.
+    ``options`` go to ``prune`` either way (sparsity, source, method, criterion, ...).
+    """
+    if max_error is not None:
+        return prune_within_error(model_path, output_path, val=val, max_error=max_error, **options)
+    return prune(model_path, output_path, channels=channels, flops_target=flops_target, dry_run=dry_run,
+                 tolerance=tolerance, force=force, **options)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 
 from optimizer.runners import OrtRunner
 from optimizer.validate import OutputStats
+from optimizer.validation_record import to_json
 
 # Measured on PP-OCRv4 det/rec and the mobile angle classifier (benchmarks/RESULTS.md, section
 # "pruning"): every cut that kept the task metric (det F1 >= 0.99, rec CER <= 1.2%, cls 100%)
@@ -44,7 +45,7 @@ def measure_outputs(reference: str | Path, candidate: str | Path, samples: Itera
                 num += float(np.abs(r - b[name]).mean())
             den += float(np.abs(r).mean())
         count += 1
-    outputs = [s.result() for s in stats.values()]
+    outputs = [to_json(s.result()) for s in stats.values()]  # the check is a plain record in the stage details
     nonfinite = sum(o["nonfinite"] for o in outputs)
     rel = float("inf") if nonfinite or not np.isfinite(num) else (num / den if den else 0.0)
     return {"samples": count, "relative_error": rel, "outputs": outputs, "nonfinite": nonfinite}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cal_models import model_from_text, op_types, rand, run, save, uniform_samples
 
-from calibration.sensitivity import output_nrmse, parse_budget, quantize_with_budget
+from calibration.sensitivity import output_nrmse, parse_budget, quantize_model, quantize_with_budget
 from optimizer.errors import ConfigError
 from optimizer.model import load_model
 
@@ -70,6 +70,33 @@ def test_task_metric_budget(tmp_path, model_and_data):
     assert result.met and result.kept == ["m2"] and result.final_change <= 5
 
 
+def test_progress_counts_the_models_tried_and_log_narrates(tmp_path, model_and_data):
+    src, calib, val = model_and_data
+    done, lines = [], []
+    result = quantize_with_budget(
+        src, tmp_path / "q.onnx", calib, val, budget="output_nrmse<=0.05", progress=done.append, log=lines.append
+    )
+    # One count per partially quantized model run: each layer alone (3), then every scored probe.
+    assert done == list(range(1, len(result.sensitivity) + result.evaluations + 1)) and len(result.sensitivity) == 3
+    assert lines[0] == "calibrating 3 tensors on 8 samples" and "measuring 3 layers one at a time" in lines[1]
+
+
+def test_quantize_model_is_quantize_without_a_budget_and_the_search_with_one(tmp_path, model_and_data):
+    src, calib, val = model_and_data
+    seen = []
+    plain = quantize_model(src, tmp_path / "a.onnx", calib, method="mse", progress=seen.append)
+    assert plain.search is None and "budget" not in plain.details() and plain.details()["method"] == "mse"
+    assert sorted(plain.result.quantized_nodes) == ["m1", "m2", "m3"] and seen == list(range(1, len(calib) + 1))
+    searched = quantize_model(src, tmp_path / "b.onnx", calib, budget="output_nrmse<=0.05", val=val)
+    assert searched.result is searched.search.quantize and searched.search.kept == ["m2"]
+    details = searched.details()
+    assert details["budget"]["kept"] == ["m2"] and sorted(details["quantized_nodes"]) == ["m1", "m3"]
+    assert set(details["budget"]["quantize"]) == {"output_path", "target", "method", "num_q", "num_dq", "quantized_weight_share"}
+    with pytest.raises(ConfigError, match="measured on validation data"):
+        quantize_model(src, tmp_path / "c.onnx", calib, budget="output_nrmse<=0.05")
+    assert not (tmp_path / "c.onnx").exists()
+
+
 def test_budget_refusals(tmp_path, model_and_data):
     src, calib, val = model_and_data
     for text, match in [("cer<0.1", "expected 'name<=number'"), ("speed<=2", "neither"), ("cer_increase<=-1", ">= 0")]:
@@ -100,6 +127,9 @@ def test_cli_quantize_with_budget(tmp_path, model_and_data):
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["method"] == "mse" and data["budget"]["kept"] == ["m2"] and data["budget"]["met"]
+    text = CliRunner().invoke(main, [*args, "--val", str(tmp_path / "val"), "--budget", "output_nrmse<=0.05"]).output
+    assert "measuring 3 layers one at a time" in text and "met" in text and "kept in FP32: m2" in text
+    assert "m2: sensitivity rank 1 of 3" in text and "quantized 2 node(s) for tensorrt" in text
     res = CliRunner().invoke(main, [*args, "--val", str(tmp_path / "val"), "--budget", "output_nrmse<=0"])
     assert res.exit_code == 2 and "holds only with every layer in FP32" in res.output
     res = CliRunner().invoke(main, [*args, "--budget", "output_nrmse<=0.05"])
