@@ -207,13 +207,26 @@ def from_json(cls: type, data: Any) -> Any:
     return _build(cls, data)
 
 
+_SCALARS = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}
+
+
 def _build(hint: Any, data: Any) -> Any:
     if data is None:
         return None
+    if hint in _SCALARS:
+        # A number where a number belongs: a renderer's format spec must never meet a string.
+        if not isinstance(data, _SCALARS[hint]) or (hint is not bool and isinstance(data, bool)):
+            raise TypeError(f"expected {hint.__name__}, got {type(data).__name__} {data!r:.40}")
+        return data
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
         return _build(inner[0], data) if len(inner) == 1 else data
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, got {type(data).__name__}")
+        _, value = typing.get_args(hint)
+        return {k: _build(value, v) for k, v in data.items()}
     if origin is list:
         if not isinstance(data, list):
             raise TypeError(f"expected a list, got {type(data).__name__}")
@@ -227,5 +240,12 @@ def _build(hint: Any, data: Any) -> Any:
         unknown = sorted(set(data) - known)
         if unknown:
             raise TypeError(f"{hint.__name__}: unknown field(s) {unknown}")
-        return hint(**{k: _build(hints[k], v) for k, v in data.items()})
+        return hint(**{k: _field(k, hints[k], v) for k, v in data.items()})
     return data
+
+
+def _field(name: str, hint: Any, data: Any) -> Any:
+    try:
+        return _build(hint, data)
+    except TypeError as exc:  # the path to the bad field: "latency: p50_speedup: expected float, got str"
+        raise TypeError(f"{name}: {exc}") from None

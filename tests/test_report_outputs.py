@@ -234,3 +234,10 @@ def test_a_report_with_an_unknown_validation_field_is_one_clear_error(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match="not a valid trtforge report .*unknown field.*snr"):
         load_report(path)
+    # A string where a number belongs would reach a renderer's format spec as a traceback.
+    data["validation"]["outputs"][0].pop("snr")
+    data["validation"]["latency"]["reference"]["p50_ms"] = "fast"
+    path.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["report", str(path)])
+    assert result.exit_code == 2 and "latency: reference: p50_ms: expected float, got str 'fast'" in result.output
+    assert "Traceback" not in result.output
