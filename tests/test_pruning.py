@@ -397,3 +397,24 @@ def test_bn_depthwise_and_per_channel_constants_are_sliced_and_bias_absorbs_cons
     ref, cand = OrtRunner(path), OrtRunner(out)
     for feed in [{"x": np.random.default_rng(50 + i).standard_normal((1, 4, 8, 8)).astype(np.float32)} for i in range(3)]:
         np.testing.assert_allclose(cand.run(feed)["y"], ref.run(feed)["y"], rtol=1e-3, atol=1e-3)
+
+
+def test_output_check_of_an_empty_output_is_silent_and_exact(tmp_path):
+    """A model whose output has a zero-sized dim: no error to measure, and no numpy warning about it (fuzz seed 3)."""
+    import warnings
+
+    from onnx import TensorProto, helper
+
+    from optimizer.pruning.check import measure_outputs
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [0, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [0, 4])],
+    )
+    path = tmp_path / "empty.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Mean of empty slice" would raise here
+        check = measure_outputs(path, path, [{"x": np.zeros((0, 4), np.float32)}])
+    assert check["relative_error"] == 0.0 and check["samples"] == 1 and check["nonfinite"] == 0
