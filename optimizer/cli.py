@@ -70,15 +70,33 @@ def _shape_options(fn):
     )(fn)
 
 
+_ALONE = "default"  # what `--synthetic` given alone becomes: the command's own count
+
+
 class _SampleCount(click.ParamType):
     """A count >= 1, or ``True`` for the option given alone (the command picks the count)."""
 
     name = "N"
 
     def convert(self, value, param, ctx):
-        if value is True:
+        if value is True or value == _ALONE:
             return True
         return click.IntRange(min=1).convert(value, param, ctx)
+
+
+class _SyntheticCountCommand(click.Command):
+    """A command with ``--synthetic [N]``: a word after the flag that is not a count stays where it was.
+
+    Click gives an option with an optional value the next word whatever it is, so
+    ``optimize --synthetic model.onnx -o out`` (right when the flag took no value) would read the
+    model path as N. Here such a ``--synthetic`` becomes ``--synthetic=default`` first.
+    """
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, [
+            f"--synthetic={_ALONE}" if arg == "--synthetic" and (i + 1 == len(args) or not args[i + 1].isdigit()) else arg
+            for i, arg in enumerate(args)
+        ])
 
 
 def _synthetic_option(fn):
@@ -133,7 +151,7 @@ def inspect(model: Path, as_json: bool, parse_check: bool, builder: str | None) 
         print_inspect(report, _out)
 
 
-@main.command()
+@main.command(cls=_SyntheticCountCommand)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Folder for artifacts and the report.")
 @click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Recipe YAML (defaults apply without one).")
@@ -363,7 +381,7 @@ def _prune_shapes(model: Path, calib: Path | None, shapes, dims) -> dict[str, tu
     return _resolve_shapes(load_model(model), shapes, dims).require().opt()
 
 
-@main.command()
+@main.command(cls=_SyntheticCountCommand)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="Output .onnx with Q/DQ.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration data folder (.npz/.npy).")

@@ -291,6 +291,19 @@ def test_optimize_synthetic_calibration_is_said_out_loud(tmp_path):
     assert any("synthetic" in w.lower() for w in report["warnings"] + precision["warnings"])
 
 
+def test_synthetic_alone_before_the_model_path_leaves_the_path_alone(tmp_path):
+    """`--synthetic` took no value on optimize before it took an optional count: the old word order still works."""
+    model = _tiny_model(tmp_path / "m.onnx")
+    result = CliRunner().invoke(main, ["optimize", "--synthetic", str(model), "-o", str(tmp_path / "out"), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    precision = next(s for s in json.loads(result.output)["stages"] if s["name"] == "precision")
+    assert precision["details"]["fingerprint"]["count"] == 16
+    written = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", "-o", str(written), "--synthetic", str(model)])
+    assert result.exit_code == 0, result.output
+    assert written.exists()
+
+
 def _matmul_model(path: Path) -> Path:
     """x[1,128] → MatMul(128→64) → Relu → y: one weight that FP8 Q/DQ and INT4 blocks of 128 both take."""
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((128, 64)).astype(np.float32), "W")
