@@ -12,6 +12,7 @@ rejects an unknown or missing field with ``TypeError`` for the caller to turn in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -19,11 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _OMIT = "omit_if_none"
+_LEGACY = "absent_in_old_reports"
 
 
 def optional(default: Any = None) -> Any:
     """A field left out of the JSON when it is None (absent in older reports, too)."""
     return field(default=default, metadata={_OMIT: True})
+
+
+def added_later(value: Any) -> Any:
+    """A required field that schema-1 reports written before it existed lack: ``from_json`` reads
+    them with ``value`` (a release N-1 report must still serve as the --baseline of release N)."""
+    return field(metadata={_LEGACY: value})
 
 
 # ---------------------------------------------------------------- accuracy
@@ -78,7 +86,7 @@ class Timing:
     p99_ms: float
     mean_ms: float
     throughput_per_s: float
-    samples_ms: list[float]  # every timed iteration, for the report's histogram
+    samples_ms: list[float] = added_later([])  # every timed iteration, for the report's histogram
 
 
 @dataclass
@@ -86,7 +94,7 @@ class Latency:
     """Reference and candidate timed side by side, interleaved iteration by iteration."""
 
     runtime: str
-    ort_level: str
+    ort_level: str = added_later("")  # "" in reports from before it was recorded
     threads: int
     iterations: int
     reference: Timing
@@ -154,7 +162,7 @@ class DivergenceResult:
     first: LayerError | None
     recommend_exclude: list[str]  # node names for precision.exclude / --exclude
     reason: str  # why these nodes
-    quantized: list[str]  # every quantized compute node of the candidate, in topological order
+    quantized: list[str] = added_later([])  # every quantized compute node of the candidate, in topological order
     peak_rss_anon_mb: float  # sampled after every session build and run
     baseline_rss_anon_mb: float  # before the search started
     seconds: float = 0.0
@@ -240,7 +248,9 @@ def _build(hint: Any, data: Any) -> Any:
         unknown = sorted(set(data) - known)
         if unknown:
             raise TypeError(f"{hint.__name__}: unknown field(s) {unknown}")
-        return hint(**{k: _field(k, hints[k], v) for k, v in data.items()})
+        legacy = {f.name: copy.deepcopy(f.metadata[_LEGACY])
+                  for f in dataclasses.fields(hint) if _LEGACY in f.metadata and f.name not in data}
+        return hint(**{k: _field(k, hints[k], v) for k, v in (data | legacy).items()})
     return data
 
 

@@ -241,3 +241,23 @@ def test_a_report_with_an_unknown_validation_field_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(path)])
     assert result.exit_code == 2 and "latency: reference: p50_ms: expected float, got str 'fast'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_release_n_minus_1_report_without_later_fields_still_serves_as_baseline(tmp_path):
+    """Schema-1 reports written before samples_ms, ort_level and divergence.quantized existed."""
+    import json
+
+    old = _validation(cer=0.5, p50=10.0, speedup=2.0)
+    old.divergence = _divergence("conv3", "Conv", "keep in FP32: trtforge quantize --exclude conv3")
+    data = json.loads(_report(old, []).save(tmp_path / "old.json").read_text())
+    for timing in ("reference", "candidate"):
+        del data["validation"]["latency"][timing]["samples_ms"]
+    del data["validation"]["latency"]["ort_level"]
+    del data["validation"]["divergence"]["quantized"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    loaded = load_report(tmp_path / "old.json")
+    assert loaded.validation.latency.ort_level == "" and loaded.validation.latency.reference.samples_ms == []
+    assert loaded.validation.divergence.quantized == []
+    assert "`conv3` (Conv)" in to_markdown(loaded) and "<html" in to_html(loaded)
+    now = _validation(cer=0.8, p50=11.0, speedup=1.6)
+    assert regression_metrics(now, loaded.validation)["cer_regression"] == pytest.approx(0.3)
