@@ -106,8 +106,10 @@ def _sample(work: Path, memory: bool) -> list[str]:
     model, calib, val = work / "ppocr_rec.onnx", work / "data" / "calib", work / "data" / "val"
 
     bad = optimize(model, work / "bad", _recipe(False, []), calib=calib, val=val, use_cache=False)
-    div = bad.validation.divergence
-    fixed = optimize(model, work / "fixed", _recipe(False, div.recommend_exclude), calib=calib, val=val, use_cache=False)
+    from optimizer.validation_record import to_json
+
+    div = to_json(bad.validation.divergence)  # the JSON form: what report.json shows
+    fixed = optimize(model, work / "fixed", _recipe(False, div["recommend_exclude"]), calib=calib, val=val, use_cache=False)
     good = optimize(model, work / "per-channel", _recipe(True, []), calib=calib, val=val, use_cache=False)
 
     method = {"max": "MinMax", "mse": "MSE"}.get(_recipe(False, []).precision.method, _recipe(False, []).precision.method)
@@ -203,7 +205,7 @@ def _floor(work: Path) -> list[str]:
                     f"{task.candidate:.3f} | {'FAIL: ' + ', '.join(failed) if failed else 'pass'} |")
         print(rows[-1], flush=True)
     return [
-        f"PP-OCRv4 rec, the sample's 200 validation lines (FP32 CER {task['reference']:.3f}%), tensorrt target, "
+        f"PP-OCRv4 rec, the sample's 200 validation lines (FP32 CER {task.reference:.3f}%), tensorrt target, "
         f"{datetime.date.today().isoformat()}, onnxruntime {_version('onnxruntime')}. "
         "Reproduce: `.venv/bin/python benchmarks/divergence_sample.py --parts floor`.",
         "",

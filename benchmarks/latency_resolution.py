@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         p50 = {name: lat[name].p50_ms for name in runners}
         # Iteration i of every runner ran back to back on the same input: the per-iteration
         # ratio cancels drift slower than one iteration, so its median is the steadier estimate.
-        fp32_ms, copy_ms, int8_ms = (np.asarray(lat[n]["samples_ms"]) for n in ("FP32", "FP32 copy", "INT8"))
+        fp32_ms, copy_ms, int8_ms = (np.asarray(lat[n].samples_ms) for n in ("FP32", "FP32 copy", "INT8"))
         runs.append(
             {
                 "run": run,

@@ -42,6 +42,7 @@ def _check_shapes(v, model) -> None:
 
 def _check_one(v, specs, opened: set[tuple]) -> None:
     from optimizer.gates import check_syntax
+    from calibration import MODES
     from calibration.data import open_folder
     from optimizer.pipeline import load_baseline
     from optimizer.recipe import recipe_from_dict
@@ -52,10 +53,10 @@ def _check_one(v, specs, opened: set[tuple]) -> None:
     load_baseline(recipe.resolve(recipe.validate.baseline))
     calib = Path(v.calib) if v.calib else recipe.resolve(recipe.precision.calib)
     val = Path(v.val) if v.val else recipe.resolve(recipe.validate.data)
-    if recipe.precision.mode == "int8" and calib is None and not recipe.precision.synthetic:
+    if recipe.precision.mode in MODES and calib is None and not recipe.precision.synthetic:
         raise ConfigError(
-            "INT8 needs calibration data: pass --calib DIR (or 'calib:' per model in a --plan), set precision.calib "
-            "in the recipe, or --synthetic to calibrate on random data knowingly"
+            f"{recipe.precision.mode.upper()} needs calibration data: pass --calib DIR (or 'calib:' per model in a --plan), "
+            "set precision.calib in the recipe, or --synthetic to calibrate on random data knowingly"
         )
     if gates and val is None:
         raise ConfigError(f"gates {gates} are checked on validation data: pass --val DIR (or 'val:' per model in a --plan)")
