@@ -147,7 +147,12 @@ def _passes(report: Report) -> str:
         [p["name"], "changed" if p["modified"] else "-", p["nodes_before"], p["nodes_after"], f"{p['seconds']:.3f}", "; ".join(p.get("notes", []))]
         for p in stage.details["passes"]
     ]
-    return _table(["pass", "effect", "nodes before", "nodes after", "s", "notes"], rows, {2, 3, 4})
+    refused = [
+        f"<details><summary>{_e(p['name'])}: {len(p['refusals'])} node(s) matched but kept</summary><ul>"
+        + "".join(f"<li>{_e(line)}</li>" for line in p["refusals"]) + "</ul></details>"
+        for p in stage.details["passes"] if p.get("refusals")
+    ]
+    return _table(["pass", "effect", "nodes before", "nodes after", "s", "notes"], rows, {2, 3, 4}) + "".join(refused)
 
 
 def _precision(report: Report, culprits: set[str]) -> str:

@@ -29,7 +29,7 @@ class PassesConfig:
     names: list[str] | None = None  # None: graph_passes.DEFAULT_PASSES
     skip: list[str] = field(default_factory=list)
     verify: bool = True  # check outputs against the original after every pass
-    explain: bool = False  # record, per pass, each node a rule matched but refused, and why
+    explain: bool = True  # record in the report, per pass, each node it matched but refused, and why
     opset: int | None = None  # upgrade the default-domain opset first (onnx version converter)
     strict: bool = False  # a pass that fails is an error (default: rolled back, named in the report, skipped)
 

@@ -52,6 +52,11 @@ def test_every_stage_ran_and_wrote_its_artifact(first_run):
         assert Path(report.artifacts[name]).exists()
     passes = report.stage("passes").details
     assert passes["nodes_after"] <= passes["nodes_before"]
+    # The report says which nodes a pass matched but kept, and why (PP-OCRv4's HardSwish-like
+    # patterns that fuse_hard_activations refuses), in the JSON and in the HTML.
+    refused = {r["name"]: r["refusals"] for r in passes["passes"] if r["refusals"]}
+    assert refused and all(len(lines) == r["refused"] for r in passes["passes"] for lines in [r["refusals"]])
+    assert "matched but kept" in (out / "report.html").read_text()
     precision = report.stage("precision").details
     assert len(precision["quantized_nodes"]) > 10 and precision["num_dq"] > 0
 
