@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from optimizer.errors import ConfigError, InputError, first_line
-from optimizer.feeds import check_feed_size
+from optimizer.feeds import check_feed_size, random_integers
 from optimizer.model import TensorSpec
 
 # Distinct shapes remembered per input in a fingerprint: enough to see the spread of a
@@ -140,7 +140,7 @@ class SyntheticSource:
                 elif dtype.kind == "b":
                     feed[spec.name] = rng.random(shape) < 0.5
                 else:
-                    feed[spec.name] = rng.integers(0, 10, shape).astype(dtype)
+                    feed[spec.name] = random_integers(rng, dtype, shape, spec.name)
             yield feed
 
 

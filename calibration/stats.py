@@ -173,9 +173,11 @@ def collect_ranges(
             for name, collector in collectors.items():
                 array = np.asarray(feed[name] if name in graph_inputs else outputs[name])
                 if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+                    fix = ("random --synthetic inputs drive the model there: calibrate on real data with --calib DIR"
+                           if getattr(source, "synthetic", False) else "check the input preprocessing")
                     raise CalibrationError(
                         f"{sample_label(index, feed)}: tensor '{name}' has NaN/Inf values in the FP32 model; "
-                        "it cannot be calibrated (check the input preprocessing)"
+                        f"it cannot be calibrated ({fix})"
                     )
                 collector.update(array)
             samples += 1

@@ -21,6 +21,9 @@ DEFAULT_MAX_FEED_BYTES = 2 << 30
 #: A shape probe never tries feeds larger than this: past it a model that has not run yet is
 #: not about to, and every activation of a large image would be fetched.
 PROBE_MAX_FEED_BYTES = 64 << 20
+#: ...and never lets ONNX Runtime hold more than this for its activations (every one is fetched):
+#: a KV-cache decoder tried at sequence 16000 wanted 24 GB and was killed by the OOM killer.
+PROBE_MAX_ACTIVATION_BYTES = 4 << 30
 
 
 def max_feed_bytes() -> int:
@@ -92,14 +95,21 @@ def check_feed_size(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[i
             )
 
 
-def random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """Uniform [-1, 1) floats; small non-negative integers [0, 4), safe as indices, lengths and ids."""
+def random_integers(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], name: str = "") -> np.ndarray:
+    """Small non-negative integers [0, 4), safe as indices, lengths and ids; an input named like a
+    mask gets 0/1, what masks hold (a transformer's ``(1 - mask) * finfo.min`` turns 2 into +inf)."""
+    high = 2 if "mask" in name.lower() else 4
+    return rng.integers(0, high, size=shape).astype(dtype)
+
+
+def random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], name: str = "") -> np.ndarray:
+    """Uniform [-1, 1) floats; integers from ``random_integers`` (``name``: the input's)."""
     if dtype == np.bool_:
         return rng.integers(0, 2, size=shape).astype(np.bool_)
     if np.issubdtype(dtype, np.floating) or dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
     if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 4, size=shape).astype(dtype)
+        return random_integers(rng, dtype, shape, name)
     if dtype == np.object_:
         return rng.choice(np.array(["a", "b", "c"], dtype=object), size=shape)
     raise ConfigError(f"cannot generate random data of dtype {dtype}; pass real data with --data DIR")
@@ -115,7 +125,7 @@ def random_feeds(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]
     feeds = {}
     for spec in specs:
         dtype = np.dtype(object) if spec.dtype == "object" else np.dtype(spec.dtype)
-        feeds[spec.name] = random_array(rng, dtype, tuple(int(d) for d in shapes[spec.name]))
+        feeds[spec.name] = random_array(rng, dtype, tuple(int(d) for d in shapes[spec.name]), spec.name)
     return feeds
 
 
@@ -150,7 +160,7 @@ def ort_probe(model: ir.Model):
     which an output or a float activation comes out empty does not count as running.
     """
     from optimizer.errors import TrtforgeError
-    from optimizer.model import input_specs
+    from optimizer.model import input_specs, structural_problem
     from optimizer.runners import session_for
 
     specs = input_specs(model)
@@ -164,14 +174,19 @@ def ort_probe(model: ir.Model):
             return f"the feeds would exceed the probe's {PROBE_MAX_FEED_BYTES >> 20} MiB"
         if "runner" not in state:
             try:
-                state["runner"] = session_for(model, outputs=_activations(model), optimization="disable", prepack=False)
+                state["runner"] = session_for(model, outputs=_activations(model), optimization="disable", prepack=False,
+                                              max_activation_bytes=PROBE_MAX_ACTIVATION_BYTES)
             except TrtforgeError as exc:
+                if problem := structural_problem(model):  # not a shape question: say so, once
+                    raise InputError(f"this model is invalid: {problem}; fix it at its source (the exporter) and retry") from None
                 state["runner"], state["load_error"] = None, " ".join(str(exc).split())[:300]
         if state["runner"] is None:
             return state["load_error"]
         try:
             outputs = state["runner"].run(random_feeds(specs, shapes, seed=0))
         except TrtforgeError as exc:
+            if "BFCArena" in str(exc) or "bfc_arena" in str(exc):  # ORT's arena refused: the cap above
+                return f"its activations at these shapes need more than the probe's {PROBE_MAX_ACTIVATION_BYTES >> 30} GiB"
             return " ".join(str(exc).split())[:300]
         empty = _empty_activation(outputs)
         return f"tensor '{empty}' comes out empty at these shapes" if empty else None

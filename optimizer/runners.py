@@ -36,6 +36,25 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, _ORT_TO_NUMPY.get(arg.type, arg.type), shape)
 
 
+_CAPPED_ARENA: list[int] = []  # the cap of the process-wide capped CPU arena, once registered
+
+
+def _cap_activations(ort, opts, limit: int) -> None:
+    """Run this session's activations in a CPU arena that refuses to grow past ``limit`` bytes.
+
+    The arena is ONNX Runtime's environment allocator, registered once per process (the first
+    cap stays); only sessions that opt in use it, and their initializers stay outside it, so
+    a large model's weights do not count. An allocation past the cap fails the run with an
+    error instead of taking the machine's memory.
+    """
+    if not _CAPPED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit, -1, -1, -1))
+        _CAPPED_ARENA.append(limit)
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+    opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+
+
 class OrtRunner:
     """An ONNX Runtime CPU session over a model file (or serialized bytes).
 
@@ -51,6 +70,7 @@ class OrtRunner:
         optimization: str = "basic",
         providers: list[str] | None = None,
         prepack: bool = True,
+        max_activation_bytes: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -69,6 +89,8 @@ class OrtRunner:
             # Pre-packing copies every MatMul weight into anonymous memory at load (about 30 s and
             # the weights' size on a 2.5 GB model): right for serving, wasted on a few check runs.
             opts.add_session_config_entry("session.disable_prepacking", "1")
+        if max_activation_bytes:
+            _cap_activations(ort, opts, max_activation_bytes)
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1

@@ -71,8 +71,10 @@ def _check_range(name: str, rng: Any) -> Range:
             f"shape profile for input {name!r}: min, opt and max have different ranks "
             f"({format_shape(lo)}, {format_shape(opt)}, {format_shape(hi)}); give each the input's full shape"
         )
-    if any(d < 1 for d in lo + opt + hi):
-        raise ConfigError(f"shape profile for input {name!r}: every dimension must be >= 1")
+    # min may hold a 0: a decoder's first step runs with an empty KV cache (past = 0), and TensorRT
+    # takes such a profile; the opt shape is what synthetic data and the builder tune for.
+    if any(d < 0 for d in lo) or any(d < 1 for d in opt + hi):
+        raise ConfigError(f"shape profile for input {name!r}: min dims must be >= 0 and opt/max dims >= 1")
     for axis, (a, b, c) in enumerate(zip(lo, opt, hi)):
         if not a <= b <= c:
             raise ConfigError(
@@ -459,7 +461,9 @@ def _resolve_defaults(
         if reason is None:
             if probe is not None and alternatives:
                 names = [s.name for s in pending]
-                for other in ladder[index + 1:]:
+                # Near sizes only: an alternative is for a builder that refuses this one, not a
+                # different workload (a decoder that ran at 1 is not tried at 16000).
+                for other in (o for o in ladder[index + 1:] if o <= max(8 * size, 64)):
                     if len(resolved.alternatives) >= alternatives:
                         break
                     more = ranges_with(other)

@@ -169,3 +169,57 @@ def test_real_ppocr_models_resolve_without_flags():
         r = resolve_model_shapes(model).require()
         (shape,) = r.opt().values()
         assert shape[:2] == (1, 3) and r.sources() == {"x": "default"}
+
+
+# A decoder step with a KV cache, as Hugging Face exports it: the mask spans past + new tokens,
+# so equal sizes for every dim only run at 1 (where the mask broadcasts), and the additive mask
+# (1 - mask) * finfo.min overflows to +inf unless the mask holds 0/1.
+KV_DECODER = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, seq] x, float[batch, past] cache, int64[batch, total] attention_mask) => (float[batch, all] y)
+  <float one = {1.0}, float low = {-3.4e38}> {
+  h = Concat <axis = 1> (cache, x)
+  m = Cast <to = 1> (attention_mask)
+  keep = Sub(one, m)
+  bias = Mul(keep, low)
+  y = Add(h, bias)
+}
+"""
+
+
+def test_alternatives_are_near_sizes_only_and_masks_are_zero_or_one():
+    """Found at size 1, no alternative at 1600..16000 (a 24 GB probe once); random masks stay finite."""
+    from optimizer.feeds import random_feeds
+
+    model = _model(KV_DECODER)
+    r = resolve_model_shapes(model, alternatives=3)
+    assert r.inputs["x"].opt == (1, 1) and r.alternatives == []
+    feeds = random_feeds(input_specs(model), {"x": (1, 8), "cache": (1, 8), "attention_mask": (1, 16)})
+    assert set(np.unique(feeds["attention_mask"])) <= {0, 1} and feeds["attention_mask"].dtype == np.int64
+
+
+def test_the_shape_probe_stops_at_its_memory_cap_instead_of_taking_the_machine():
+    """[n, n, n] floats from a [1, n] input: 5.3 GB at n=1100, over the probe's 4 GiB arena."""
+    from optimizer.feeds import PROBE_MAX_ACTIVATION_BYTES, ort_probe
+
+    cube = _model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, n] x) => (float[n, n, n] y) <int64[1] last = {-1}> {
+      s = Shape <start = 1> (x)
+      dims = Concat <axis = 0> (s, s, s)
+      y = ConstantOfShape <value = float[1] {1.0}> (dims)
+    }
+    """)
+    probe = ort_probe(cube)
+    assert probe({"x": (1, 32)}) is None
+    assert 1100 ** 3 * 4 > PROBE_MAX_ACTIVATION_BYTES
+    assert "need more than the probe's 4 GiB" in probe({"x": (1, 1100)})
+
+
+def test_a_profile_may_start_at_an_empty_kv_cache_but_not_run_at_one():
+    """Prefill runs with past = 0: min may hold a 0 (TensorRT builds it); opt/max may not."""
+    profile = parse_profiles(["cache:1x4x0x16,1x4x16x16,1x4x32x16"])[0]
+    assert profile.shapes["cache"][0] == (1, 4, 0, 16)
+    assert parse_dims(["past=0,16,32"])["past"] == (0, 16, 32)
+    with pytest.raises(ConfigError, match="min dims must be >= 0 and opt/max dims >= 1"):
+        parse_profiles(["cache:1x4x0x16,1x4x0x16,1x4x32x16"])

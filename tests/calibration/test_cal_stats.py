@@ -51,7 +51,14 @@ def test_bad_requests():
         collect_ranges(model, ["nope"], _samples())
     with pytest.raises(ConfigError, match="'kl' is unknown; choose one of"):
         collect_ranges(model, ["d"], _samples(), method="kl")
-    with pytest.raises(CalibrationError, match="sample 0: tensor 'l' has NaN/Inf"):
+    with pytest.raises(CalibrationError, match=r"sample 0: tensor 'l' has NaN/Inf.*check the input preprocessing"):
         collect_ranges(model, ["l"], _samples())  # log of negative inputs
+    # Random data asked for by name: the fix is real data, not the preprocessing the user never wrote.
+    from calibration import synthetic_source
+    from optimizer.model import input_specs
+
+    shapes = {s.name: tuple(d if isinstance(d, int) else 2 for d in s.shape) for s in input_specs(model)}
+    with pytest.raises(CalibrationError, match=r"tensor 'l' has NaN/Inf.*random --synthetic inputs .* --calib DIR"):
+        collect_ranges(model, ["l"], synthetic_source(input_specs(model), count=2, shapes=shapes))
     with pytest.raises(CalibrationError, match="no samples"):
         collect_ranges(model, ["d"], iter([]))
