@@ -40,6 +40,10 @@ from optimizer.errors import CalibrationError, ConfigError
 from optimizer.model import opset_of
 
 SUPPORTED_OP_TYPES = ("Conv", "Gemm", "MatMul")
+# Ops that carry weights the planner does not quantize yet, by weight input position: they count
+# in the weight share's denominator and are listed in ``skipped``, so the share never claims a
+# model is all INT8 while its ConvTranspose or recurrent weights stay FP32.
+UNQUANTIZED_WEIGHTED = {"ConvTranspose": (1,), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
 # Per-channel DequantizeLinear (the ``axis`` attribute) exists from opset 13 on.
 MIN_OPSET = 13
 # Below these sizes INT8 kernels do not pay for the Q/DQ around them (TensorRT's Tensor
@@ -198,6 +202,15 @@ class QdqRecord:
     activations: dict[str, dict] = field(default_factory=dict)
 
 
+def _count_unquantized(plan: QdqPlan, node: ir.Node) -> None:
+    """A weighted op trtforge does not quantize: its constant weights count, and it says why it stays FP32."""
+    weights = [w for i in UNQUANTIZED_WEIGHTED[node.op_type]
+               if i < len(node.inputs) and node.inputs[i] is not None and (w := _const(node.inputs[i])) is not None]
+    if weights:
+        plan.total_weight_params += sum(int(math.prod(w.shape)) for w in weights)
+        plan.skipped[node.name] = f"{node.op_type} weights are not quantized by trtforge yet; it stays FP32"
+
+
 def plan_qdq(
     model: ir.Model,
     *,
@@ -221,6 +234,8 @@ def plan_qdq(
     owners = _subgraph_owners(model.graph)
     plan = QdqPlan(target, [], {}, 0)
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain in ("", "ai.onnx") and node.op_type in UNQUANTIZED_WEIGHTED:
+            _count_unquantized(plan, node)
         if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OP_TYPES:
             continue
         weight = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None

@@ -121,6 +121,15 @@ def _reshape_result(in_shape: tuple[int, ...], target: list[int], allowzero: boo
     return tuple(out) if int(np.prod(out)) == total else None
 
 
+def _names_every_dim(shape, target, allowzero: bool) -> bool:
+    """A target of the input's rank that keeps each dim: a 0 copying it (without allowzero), its own
+    static size, or a single -1, which then can only be that dim's size again."""
+    target = [int(t) for t in target]
+    if len(target) != len(shape) or target.count(-1) > 1:
+        return False
+    return all(t == -1 or (t == 0 and not allowzero) or (isinstance(d, int) and d == t) for d, t in zip(shape, target))
+
+
 def _noop_reshape_rule():
     from onnxscript.rewriter import RewriteRuleClassBase
     from onnxscript.rewriter._basics import MatchResult
@@ -133,10 +142,12 @@ def _noop_reshape_rule():
 
         def check(self, context, x, shape, out) -> MatchResult:
             tensor = ir.convenience.get_const_tensor(shape)
+            allowzero = bool(out.producer().attributes.get_int("allowzero", 0))
+            if tensor is not None and x.shape is not None and _names_every_dim(x.shape, tensor.numpy().reshape(-1), allowzero):
+                return MatchResult()  # dynamic dims too: Reshape(Range(...), [-1]) in a YOLO grid
             if tensor is None or x.shape is None or not all(isinstance(d, int) for d in x.shape):
                 return MatchResult().fail("target or input shape not static")  # the common case; not reported
             in_shape = tuple(int(d) for d in x.shape)
-            allowzero = bool(out.producer().attributes.get_int("allowzero", 0))
             result = _reshape_result(in_shape, [int(t) for t in tensor.numpy().reshape(-1)], allowzero)
             if result != in_shape:
                 return MatchResult().fail("reshapes to another shape")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +10,7 @@ import onnx_ir as ir
 
 from optimizer.errors import ConfigError, InputError, ValidationError, VerificationError
 from optimizer.feeds import random_feeds, unfeedable_inputs
-from optimizer.model import TensorSpec, input_specs, iter_tensors, save_model, to_proto_bytes
+from optimizer.model import TensorSpec, input_specs, structural_problem
 from optimizer.runners import session_for
 
 
@@ -174,32 +172,6 @@ def _loads(model: ir.Model) -> str | None:
         _runner(model)
     except InputError as exc:
         return str(exc)
-    return None
-
-
-def structural_problem(model: ir.Model) -> str | None:
-    """What the ONNX checker (with strict shape inference) finds wrong with ``model``, or None.
-
-    Models over protobuf's limit are not checked here (the checker needs one message).
-    """
-    import onnx
-
-    if any(isinstance(t, ir.ExternalTensor) for _, t in iter_tensors(model)):
-        # The checker looks for external data beside the file it reads: give it one.
-        with tempfile.TemporaryDirectory(prefix="trtforge-check-") as tmp:
-            path = save_model(model, Path(tmp) / "model.onnx", external_data=True)
-            return _checker_problem(lambda: onnx.checker.check_model(str(path), full_check=True))
-    data = to_proto_bytes(model)
-    if data is None:
-        return None
-    return _checker_problem(lambda: onnx.checker.check_model(onnx.load_from_string(data), full_check=True))
-
-
-def _checker_problem(check) -> str | None:
-    try:
-        check()
-    except Exception as exc:  # the checker raises ValidationError, InferenceError, ...
-        return " ".join(str(exc).split())[:300] or type(exc).__name__
     return None
 
 

@@ -162,7 +162,7 @@ def _precision(report: Report, culprits: set[str]) -> str:
     d = stage.details
     quantized, skipped = d.get("quantized_nodes", []), d.get("skipped", {})
     parts = [
-        f"<p>{len(quantized)} node(s) in INT8, {len(skipped)} Conv/Gemm/MatMul left in FP32; "
+        f"<p>{len(quantized)} node(s) in INT8, {len(skipped)} compute node(s) left in FP32; "
         f"INT8 weight share {d.get('quantized_weight_share', 0):.1%}; target <code>{_e(d.get('target'))}</code>, "
         f"method <code>{_e(d.get('method'))}</code>{', per-tensor weights' if d.get('per_channel') is False else ''}.</p>",
         '<div class="chips">',

@@ -312,7 +312,7 @@ class PrecisionStage(Stage):
         if result.fingerprint.synthetic:
             warnings.append("calibrated on SYNTHETIC random data: accuracy numbers do not reflect real inputs")
         if result.skipped:
-            warnings.append(f"{len(result.skipped)} Conv/Gemm/MatMul node(s) left in FP32 (see details.skipped)")
+            warnings.append(f"{len(result.skipped)} compute node(s) left in FP32 (see details.skipped for why)")
         if search is not None and not search.met:
             warnings.append(f"precision budget {search.budget} NOT met even with {len(search.kept)} layer(s) in FP32")
         summary = {
@@ -834,11 +834,13 @@ def _resolve_run_shapes(model, recipe: Recipe, data: RunData, shapes, dims) -> R
     Resolved (and checked against the model and the data) before the first stage, so a build
     profile that cannot work stops the run before any artifact is written.
     """
+    recipe_profiles = ([recipe.build.shapes] if recipe.build.shapes else []) + list(recipe.build.profiles)
     if shapes:
         profiles, source = parse_profiles(shapes), "--shapes"
     else:
-        recipe_profiles = ([recipe.build.shapes] if recipe.build.shapes else []) + list(recipe.build.profiles)
-        profiles, source = [parse_shapes(p) for p in recipe_profiles], "recipe"
+        profiles = [parse_shapes(p) for p in recipe_profiles]
+        # Sizes from a --dim on the command line are labelled "--dim", not "recipe".
+        source = "recipe" if recipe_profiles or (recipe.build.dims and not dims) else "--shapes"
     named = {**parse_dims(recipe.build.dims), **parse_dims(dims)}
     return resolve_model_shapes(
         model,

@@ -143,6 +143,16 @@ def test_zero_config_synthetic_optimize_of_a_dynamic_model_builds_on_default_sha
     assert (out / "m.engine").exists()
 
 
+def test_dims_from_the_command_line_are_labelled_dim_not_recipe(tmp_path):
+    model = _dynamic_conv(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    proc = _run("optimize", str(model), "-o", str(out), "--synthetic", "--dim", "batch=1,2,4", "--dim", "width=16,32,64",
+                "--no-cache", "-q")
+    assert proc.returncode == 0, proc.stderr
+    shape = json.loads((out / "report.json").read_text())["model"]["shapes"]["inputs"]["x"]
+    assert shape["source"] == "--dim" and shape["max"] == [4, 4, 16, 64]
+
+
 def test_validate_refuses_data_outside_the_given_shapes(tmp_path):
     model = _dynamic_conv(tmp_path / "m.onnx")
     data = _data(tmp_path / "val", [(1, 4, 16, 24), (1, 4, 16, 80)])
@@ -206,3 +216,24 @@ def test_validate_takes_val_like_every_other_command_and_still_reads_data(tmp_pa
         assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["validate", str(model), "--reference", str(model), "--no-latency"])
     assert result.exit_code == 2 and "--val DIR" in result.output
+
+
+@pytest.mark.parametrize("command", [["optimize", "--synthetic"], ["quantize", "--synthetic"], ["passes"]])
+def test_an_invalid_export_is_named_invalid_not_a_shape_problem(tmp_path, command):
+    """torch's opset-17 dynamo export of GPT-2 writes Split(num_outputs=...), an opset-18 attribute.
+
+    ONNX Runtime cannot load it at any size, so the shape probe used to blame the dynamic dims
+    ('no size of 32, 64, ... runs it; set --dim s70=N'), a flag that could never help."""
+    graph = helper.make_graph(
+        [helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2, name="node_Split_3"),
+         helper.make_node("Add", ["a", "b"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "half"])],
+    )
+    model = tmp_path / "invalid.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    before = _digest(tmp_path)
+    out = tmp_path / "out" if command[0] == "optimize" else tmp_path / "out.onnx"
+    proc = _run(command[0], str(model), "-o", str(out), *command[1:])
+    _one_line_exit_2(proc, "this model is invalid: Unrecognized attribute: num_outputs for operator Split")
+    assert "fix it at its source (the exporter)" in proc.stderr and _digest(tmp_path) == before

@@ -149,3 +149,20 @@ def test_constant_condition_if_is_inlined_and_quantized(tmp_path):
     assert "If" not in op_types(q) and "QuantizeLinear" in op_types(q)
     ref, got = run(src, samples[1])["z"], run(q, samples[1])["z"]
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_weights_trtforge_does_not_quantize_count_against_the_share_and_say_why(tmp_path):
+    """A U-Net-style ConvTranspose beside a Conv: half the weights stay FP32, and the record says which and why.
+
+    The share was 1.0 here before (only Conv/Gemm/MatMul weights were counted), which claimed
+    an all-INT8 network while the ConvTranspose ran in FP32."""
+    text = """<ir_version: 7, opset_import: ["" : 17]>
+    g (float[1,8,8,8] x) => (float[1,8,16,16] y) {
+        [conv] c = Conv <pads = [1,1,1,1]> (x, w)
+        [up] y = ConvTranspose <strides = [2,2], kernel_shape = [2,2]> (c, wt)
+    }"""
+    src = save(model_from_text(text, w=rand(8, 8, 3, 3), wt=rand(8, 8, 2, 2, seed=3)), tmp_path / "m.onnx")
+    result = quantize(src, tmp_path / "q.onnx", uniform_samples({"x": (1, 8, 8, 8)}, 2))
+    assert result.quantized_nodes == ["conv"]
+    assert result.quantized_weight_share == pytest.approx(576 / (576 + 256))
+    assert "ConvTranspose weights are not quantized" in result.skipped["up"]

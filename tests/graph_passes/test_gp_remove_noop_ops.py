@@ -167,3 +167,28 @@ def test_does_not_trust_a_wrong_declared_shape_for_reshape():
     out, modified = apply(RemoveNoopOps(), model)
     assert not modified and op_counts(out)["Reshape"] == 1
     assert_equivalent(model, out)
+
+
+@pytest.mark.parametrize("target, removed", [
+    ("{-1}", True),  # a YOLO grid: Reshape(Range(0, n), [-1]) with n dynamic
+    ("{0}", True),  # copy the one dim
+    ("{-1, 1}", False),  # raises the rank
+])
+def test_reshape_that_names_every_dynamic_dim_goes(target, removed):
+    model = parse(f"""
+    {HEADER}
+    g (float[N, 4] x) => (float[M] y) <float zero = {{0.0}}, float step = {{1.0}}, int64[1] first = {{0}},
+      int64[{target.count(",") + 1}] t = {target}> {{
+      s = Shape(x)
+      n = Gather<axis = 0>(s, first)
+      n0 = Squeeze(n)
+      nf = Cast<to = 1>(n0)
+      r = Range(zero, nf, step)
+      h = Reshape(r, t)
+      y = Relu(h)
+    }}
+    """.replace("float[M] y", "float[M] y" if removed else "float[M, 1] y"))
+    out, modified = apply(RemoveNoopOps(), model)
+    assert modified == removed
+    assert ("Reshape" in op_counts(out)) != removed
+    assert_equivalent(model, out, shapes={"x": (5, 4)})

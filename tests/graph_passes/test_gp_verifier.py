@@ -213,7 +213,7 @@ def test_the_checker_sees_external_data_beside_the_model(tmp_path):
     import onnx
     from onnx import helper, numpy_helper
 
-    from graph_passes.verify import structural_problem
+    from optimizer.model import structural_problem
     from optimizer.model import load_model
 
     w = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "w")
