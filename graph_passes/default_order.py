@@ -27,12 +27,17 @@ from graph_passes.remove_identity import RemoveIdentity
 from graph_passes.remove_initializer_inputs import RemoveInitializerInputs
 from graph_passes.remove_noop_ops import RemoveNoopOps
 from graph_passes.topological_sort import TopologicalSort
+from graph_passes.upgrade_opset_for_fusions import UpgradeOpsetForFusions
 
 DEFAULT_ORDER: list[type[GraphPass]] = [
     # First: on old exporters' models (IR 3) every weight is also a graph input, and a graph
     # input is never folded or fused (it could be fed at run time). Also raises IR 3 -> 4,
     # without which no later pass may add an initializer.
     RemoveInitializerInputs,
+    # Before the fusions it enables and before the folds (the converter round-trips the whole
+    # model through protobuf once, while it is still as exported): opset 13-16 models with a
+    # decomposed LayerNorm (or, below 14, x * HardSigmoid(x)) go to opset 17. A no-op otherwise.
+    UpgradeOpsetForFusions,
     # Before anything that reads weights: paddle2onnx/torch emit weights as Constant nodes;
     # BatchNorm folding and deduplication only see initializers.
     LiftConstants,
