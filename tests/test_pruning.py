@@ -418,3 +418,26 @@ def test_output_check_of_an_empty_output_is_silent_and_exact(tmp_path):
         warnings.simplefilter("error")  # "Mean of empty slice" would raise here
         check = measure_outputs(path, path, [{"x": np.zeros((0, 4), np.float32)}])
     assert check["relative_error"] == 0.0 and check["samples"] == 1 and check["nonfinite"] == 0
+
+
+@pytest.mark.parametrize("axes", [[2, 3], [-1, -2]])
+def test_global_pooling_written_as_reduce_mean_passes_channels(tmp_path, axes):
+    """torch's dynamo exporter writes global average pooling as ReduceMean(axes, keepdims=1):
+    the channels still pass through, so the Conv before it stays prunable (it was 'read by ReduceMean')."""
+    inits = {
+        "w1": (RNG.standard_normal((32, 16, 3, 3)) * 0.2).astype(np.float32),
+        "w2": (RNG.standard_normal((8, 32, 1, 1)) * 0.2).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("ReduceMean", ["r1"], ["p"], name="gap", axes=axes, keepdims=1),
+        helper.make_node("Conv", ["p", "w2"], ["y"], name="conv2"),
+    ]
+    path = _save(tmp_path, nodes, inits, [_tensor("x", [1, 16, 12, 12])], [_tensor("y", [1, 8, 1, 1])])
+    out = tmp_path / "p.onnx"
+    result = prune(path, out, channels=0.25, force=True)
+    (group,) = [g for g in result.groups if "conv1" in g.roots]
+    assert group.reason == "" and group.kept == 24, group.reason
+    y = OrtRunner(out).run({"x": np.ones((1, 16, 12, 12), np.float32)})["y"]
+    assert y.shape == (1, 8, 1, 1)

@@ -29,6 +29,7 @@ CHANNELWISE_UNARY = {
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Identity", "Dropout",
     "Elu", "Selu", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Neg", "Abs", "Exp", "Sqrt", "Reciprocal",
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample", "Cast",
+    "ReduceMean", "ReduceMax",  # over spatial axes with keepdims: how dynamo exports global pooling
 }
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "PRelu", "Sum", "Mean"}  # Sum/Mean: variadic residuals (Caffe2 exports)
 
@@ -184,7 +185,21 @@ def _keeps_channels(node: ir.Node) -> bool:
         return sizes is None and scales is not None and scales.size == 4 and scales[1] == 1
     if op == "Cast":
         return False  # a dtype change mid-group: leave it alone
+    if op in ("ReduceMean", "ReduceMax"):
+        return _spatial_reduction(node)
     return all(const_array(v) is None or const_array(v).size == 1 for v in node.inputs[1:] if v is not None)
+
+
+def _spatial_reduction(node: ir.Node) -> bool:
+    """A reduction of a 4-D tensor over H and/or W only, keeping dims (``ReduceMean(axes=[-1,-2],
+    keepdims=1)``, global average pooling as torch's dynamo exporter writes it): channels pass."""
+    keepdims = node.attributes["keepdims"].as_int() if "keepdims" in node.attributes else 1
+    if "axes" in node.attributes:
+        axes = list(node.attributes["axes"].as_ints())
+    else:  # opset 18: axes as a constant input
+        array = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        axes = [int(a) for a in array.reshape(-1)] if array is not None else []
+    return keepdims == 1 and bool(axes) and all(a % 4 in (2, 3) for a in axes)
 
 
 def _collect_groups(shapes, uf, roots, depthwise, params, consumers, pins) -> list[ChannelGroup]:
