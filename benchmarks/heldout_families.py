@@ -30,13 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
 import math
 import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -505,20 +503,6 @@ def example_feeds(variant: str) -> dict:
     return {name: t.numpy() for name, t in zip(FAMILIES[family].inputs, example_inputs(family))}
 
 
-@contextlib.contextmanager
-def _quiet_torch():
-    """The exporters print progress, tracer warnings and 'torchvision is not installed' lines."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def export(variant: str, folder: Path) -> Path:
     """Export ``variant`` to ``folder/<variant>.onnx`` (torch's chatter kept out of the output)."""
     family, exporter, opset = VARIANTS[variant]
@@ -526,7 +510,9 @@ def export(variant: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{variant}.onnx"
     names = {"input_names": list(spec.inputs), "output_names": list(spec.outputs), "opset_version": opset}
-    with torch.no_grad(), _quiet_torch():
+    from optimizer.torch_export import quiet_torch
+
+    with torch.no_grad(), quiet_torch():
         if exporter == "ts":
             torch.onnx.export(model, args, path, dynamic_axes=spec.axes, dynamo=False, **names)
         else:

@@ -368,7 +368,7 @@ def run_eager(module: Any, plan: _Plan, feeds: Mapping[str, np.ndarray], label: 
 
 
 @contextlib.contextmanager
-def _quiet_torch():
+def quiet_torch():
     """The exporters print progress, deprecation and 'torchvision is not installed' chatter: keep it out of our output."""
     loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
@@ -627,7 +627,7 @@ def _export_and_verify(module, plan, references, output_names, opset, exporter, 
     for name in order:
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
-            with _quiet_torch():
+            with quiet_torch():
                 _EXPORT_FUNCTIONS[name](module, plan, args, output_names, opset, path)
         except TrtforgeError:
             raise
