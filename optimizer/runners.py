@@ -49,8 +49,14 @@ def _cap_activations(ort, opts, limit: int) -> None:
     """
     if not _CAPPED_ARENA:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit, -1, -1, -1))
-        _CAPPED_ARENA.append(limit)
+        try:
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit, -1, -1, -1))
+        except Exception:  # another CPU allocator is already registered in this process: run uncapped
+            _CAPPED_ARENA.append(0)
+        else:
+            _CAPPED_ARENA.append(limit)
+    if not _CAPPED_ARENA[0]:
+        return
     opts.add_session_config_entry("session.use_env_allocators", "1")
     opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
 
