@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from graph_passes._base import GraphPass
 from graph_passes.convert_opset import ConvertOpset
-from optimizer.model import PROTOBUF_LIMIT, iter_tensors, opset_of
+from optimizer.model import PROTOBUF_LIMIT, model_nbytes, opset_of
 
 TARGET = 17
 # Below 13 the converter's adapters change more than attribute spellings (Upsample, Split, Pad):
@@ -66,7 +66,7 @@ class UpgradeOpsetForFusions(GraphPass):
         swishes = _hard_swishes(model) if opset < 14 else 0
         if not norms and not swishes:
             return ir.passes.PassResult(model, modified=False)
-        if sum(int(getattr(t, "nbytes", 0) or 0) for _, t in iter_tensors(model)) > PROTOBUF_LIMIT:
+        if model_nbytes(model) > PROTOBUF_LIMIT:
             self.note(f"left at opset {opset}: over 2 GB, too large for onnx's version converter (--opset {TARGET} tries)")
             return ir.passes.PassResult(model, modified=False)
         why = ", ".join(f"{n} {what}" for n, what in ((norms, "decomposed LayerNorm(s)"), (swishes, "HardSwish(es)")) if n)

@@ -579,7 +579,7 @@ def measure_fix(
     class_like = class_like_outputs(load_model(validation_reference))
 
     def measure(model: ir.Model, tmp: Path, step: int) -> ValidationResult:
-        path = save_model(model, tmp / f"fix{step}.onnx", external_data=ir.to_proto(model).ByteSize() > PROTOBUF_LIMIT)
+        path = save_model(model, tmp / f"fix{step}.onnx")  # external data when over protobuf's limit, by itself
         return compare(reference, OrtRunner(path), samples, labels=labels, metric=metric, context=context, class_like=class_like)
 
     ref_model = load_model(result.reference)
