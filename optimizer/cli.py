@@ -79,7 +79,7 @@ class _SampleCount(click.ParamType):
     name = "N"
 
     def convert(self, value, param, ctx):
-        if value is True or value == _ALONE:
+        if value in (True, _ALONE):  # True: already converted (click converts defaults and flag values too)
             return True
         return click.IntRange(min=1).convert(value, param, ctx)
 
@@ -102,7 +102,7 @@ class _SyntheticCountCommand(click.Command):
 def _synthetic_option(fn):
     """``--synthetic [N]``: random calibration data, asked for by name; N samples, or ``True`` alone."""
     return click.option(
-        "--synthetic", type=_SampleCount(), is_flag=False, flag_value=True, default=None, metavar="[N]",
+        "--synthetic", type=_SampleCount(), is_flag=False, flag_value=_ALONE, default=None, metavar="[N]",
         help="Calibrate on N random samples (alone: 16; optimize: the recipe's precision.max_samples if set) instead of data, knowingly: "
         "the report says so.",
     )(fn)
